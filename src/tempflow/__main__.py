@@ -1,0 +1,3 @@
+from tempflow.cli.main import main
+
+raise SystemExit(main())
