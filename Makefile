@@ -1,0 +1,32 @@
+# Two entry points for a fresh machine:
+#   make demo   install everything, then run the main job on the built-in shapes demo
+#   make test   install everything, then run the whole test suite
+# A virtual environment (.venv) is created unless one is active; torch is installed only when
+# missing (TORCH_SPEC, default torch==2.13.0; pass e.g. TORCH_SPEC="torch --index-url ..." to choose a build).
+
+SHELL := /bin/bash
+TORCH_SPEC ?= torch==2.13.0
+ifdef VIRTUAL_ENV
+PY := $(VIRTUAL_ENV)/bin/python
+else
+PY := $(CURDIR)/.venv/bin/python
+endif
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-fast
+
+install:
+	@if [ -z "$$VIRTUAL_ENV" ] && [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "$(TORCH_SPEC)"
+	@$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test]"
+
+demo: install
+	$(PY) -m tempflow sample --prompt "two red circles" --num 8 --out out/demo/two-red-circles.png
+	$(PY) -m tempflow verify out/demo/two-red-circles.png
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+# quick local loop: everything except the slow end-to-end tests
+test-fast: install
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)

@@ -1,0 +1,153 @@
+"""Flow-matching pretraining of the shapes model on rendered scenes (`tempflow pretrain`).
+
+Each step renders a fresh batch of training prompts, draws sigma from a logit-normal
+(SD3's choice), forms x_sigma = (1 - sigma) x0 + sigma eps and regresses v = eps - x0.
+Captions are dropped with probability ``caption_dropout`` so the model also learns the
+unconditional velocity that classifier-free guidance needs. The EMA weights are what gets
+saved as the model. A full training state is written every ``save_every`` steps (atomic
+rename), so an interrupted run continues with ``--resume``.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from tempflow.errors import UserError
+from tempflow.models.shapes_model import ShapesModel, ShapesModelConfig
+
+STATE_NAME = "pretrain_state.pt"
+
+
+@dataclass
+class PretrainConfig:
+    """Options of `tempflow pretrain` (validated on construction)."""
+
+    out: str = "runs/shapes-base"
+    steps: int = 6000
+    batch_size: int = 64
+    lr: float = 3e-4
+    warmup: int = 300
+    weight_decay: float = 0.01
+    ema_decay: float = 0.999
+    caption_dropout: float = 0.1
+    grad_clip: float = 1.0
+    seed: int = 0
+    save_every: int = 500
+    model: ShapesModelConfig | None = field(default=None)
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "save_every"):
+            if getattr(self, name) < 1:
+                raise UserError(f"pretrain: {name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.caption_dropout < 1:
+            raise UserError(f"pretrain: caption_dropout must be in [0, 1), got {self.caption_dropout}")
+        if not 0 <= self.ema_decay < 1:
+            raise UserError(f"pretrain: ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.lr <= 0:
+            raise UserError(f"pretrain: lr must be > 0, got {self.lr}")
+
+
+def _batch(prompts: list[str], rng: np.random.Generator, size: int, dropout: float):
+    """Draw a batch: (captions with dropout applied, images [B, 3, R, R] in [0, 1])."""
+    from tempflow.shapes import render_batch
+    images = render_batch(prompts, rng, size=size)
+    captions = ["" if rng.random() < dropout else p for p in prompts]
+    return captions, images
+
+
+def _save_state(path: Path, state: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -> Path:
+    """Train a shapes model from scratch; returns the output folder (a loadable checkpoint)."""
+    from tempflow.shapes import load_prompts, vocabulary
+
+    out = Path(cfg.out)
+    state_file = out / STATE_NAME
+    if resume and not state_file.is_file():
+        raise UserError(f"--resume: no {STATE_NAME} in {out} (start without --resume)")
+    if not resume and state_file.exists():
+        raise UserError(f"{out} already holds a pretraining run (add --resume to continue it, "
+                        f"or choose another --out)")
+    out.mkdir(parents=True, exist_ok=True)
+
+    mcfg = cfg.model or ShapesModelConfig(vocab=vocabulary())
+    torch.manual_seed(cfg.seed)
+    model = ShapesModel(mcfg)
+    modules = torch.nn.ModuleDict({"transformer": model.transformer, "text_encoder": model.text_encoder})
+    ema = copy.deepcopy(modules).requires_grad_(False)
+    opt = torch.optim.AdamW(modules.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup))
+    gen = torch.Generator().manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    step, losses = 0, []
+    if resume:
+        st = torch.load(state_file, map_location="cpu", weights_only=False)
+        if st["config"] != asdict(cfg):
+            raise UserError(f"{state_file} was made with other options; resume with the same "
+                            f"options or start a new --out")
+        modules.load_state_dict(st["model"])
+        ema.load_state_dict(st["ema"])
+        opt.load_state_dict(st["opt"])
+        sched.load_state_dict(st["sched"])
+        gen.set_state(st["torch_rng"])
+        rng.bit_generator.state = st["numpy_rng"]
+        step, losses = st["step"], st["losses"]
+
+    train = [p for p, _ in load_prompts("train")]
+    modules.train()
+    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="pretrain", unit="step")
+    t0 = time.time()
+    while step < cfg.steps:
+        prompts = [train[i] for i in rng.integers(0, len(train), cfg.batch_size)]
+        captions, images = _batch(prompts, rng, mcfg.resolution, cfg.caption_dropout)
+        x0 = model.encode_images(images)
+        eps = torch.randn(x0.shape, generator=gen)
+        sigma = torch.sigmoid(torch.randn(cfg.batch_size, generator=gen))
+        s = sigma.view(-1, 1, 1, 1)
+        x = (1 - s) * x0 + s * eps
+        cond = model.encode_prompts(captions, grad=True)
+        loss = torch.nn.functional.mse_loss(model.velocity(x, sigma, cond), eps - x0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(modules.parameters(), cfg.grad_clip)
+        opt.step()
+        sched.step()
+        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, p in zip(ema.parameters(), modules.parameters()):
+                pe.lerp_(p, 1 - decay)
+        step += 1
+        losses.append(float(loss))
+        bar.update(1)
+        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+        if step % cfg.save_every == 0 or step == cfg.steps:
+            _save_state(state_file, {
+                "config": asdict(cfg), "step": step, "losses": losses,
+                "model": modules.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                "sched": sched.state_dict(), "torch_rng": gen.get_state(),
+                "numpy_rng": rng.bit_generator.state})
+            final = ShapesModel(mcfg)
+            final.transformer.load_state_dict(ema["transformer"].state_dict())
+            final.text_encoder.load_state_dict(ema["text_encoder"].state_dict())
+            final.save_pretrained(out)
+    bar.close()
+    (out / "pretrain_log.txt").write_text(
+        f"steps {step}\nbatch_size {cfg.batch_size}\nseed {cfg.seed}\n"
+        f"final_loss_mean_last_100 {np.mean(losses[-100:]):.5f}\n"
+        f"seconds_this_session {time.time() - t0:.0f}\n")
+    return out
