@@ -1,6 +1,7 @@
 """Flow-matching pretraining of the shapes model on rendered scenes (`tempflow pretrain`).
 
-Each step renders a fresh batch of training prompts, draws sigma from a logit-normal
+Each step renders a fresh batch of training prompts (category uniform, then prompt uniform
+within it), draws sigma from a logit-normal
 (SD3's choice), forms x_sigma = (1 - sigma) x0 + sigma eps and regresses v = eps - x0.
 Captions are dropped with probability ``caption_dropout`` so the model also learns the
 unconditional velocity that classifier-free guidance needs. The EMA weights are what gets
@@ -108,12 +109,17 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
         rng.bit_generator.state = st["numpy_rng"]
         step, losses = st["step"], st["losses"]
 
-    train = [p for p, _ in load_prompts("train")]
+    by_category: dict[str, list[str]] = {}
+    for prompt, category in load_prompts("train"):
+        by_category.setdefault(category, []).append(prompt)
+    categories = sorted(by_category)
     modules.train()
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="pretrain", unit="step")
     t0 = time.time()
     while step < cfg.steps:
-        prompts = [train[i] for i in rng.integers(0, len(train), cfg.batch_size)]
+        # category first (uniform), then a prompt of it: every category gets 1/6 of the batch
+        cats = rng.integers(0, len(categories), cfg.batch_size)
+        prompts = [by_category[categories[c]][rng.integers(len(by_category[categories[c]]))] for c in cats]
         captions, images = _batch(prompts, rng, mcfg.resolution, cfg.caption_dropout)
         x0 = model.encode_images(images)
         eps = torch.randn(x0.shape, generator=gen)

@@ -1,0 +1,232 @@
+"""Stable Diffusion 3 / 3.5 behind :class:`~tempflow.models.base.FlowModel`.
+
+Wraps a diffusers ``StableDiffusion3Pipeline``. Only the MMDiT transformer is trained (LoRA via
+:mod:`tempflow.models.lora`, or all of it); text encoders and VAE are frozen, in eval mode.
+Conventions (algorithm.md section 1): sigma = 1 is noise; the transformer gets
+timestep = 1000 * sigma, one value per sample; it predicts v = eps - x0.
+
+A FLUX adapter follows the same pattern: its own encode / _forward (packing latents inside
+_forward) / decode, the same lora helpers, nothing changed in samplers or the base class.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from tempflow.errors import UserError
+from tempflow.models.base import Conditioning, FlowModel
+from tempflow.models.lora import (LoraSpec, adapter_disabled, adapter_name, attach_lora, has_lora,
+                                  load_lora_state_dict, lora_parameters, lora_state_dict)
+
+_HINT = ("pass a local diffusers folder of SD3 / SD3.5 (one containing model_index.json, e.g. "
+         "made by StableDiffusion3Pipeline.save_pretrained or huggingface-cli download) or a "
+         "hub id such as stabilityai/stable-diffusion-3.5-medium")
+
+
+def _looks_local(path: str) -> bool:
+    return path.startswith(("/", ".", "~")) or os.path.exists(path) or "\\" in path
+
+
+def _dtype_kwarg(dtype: torch.dtype) -> dict:
+    """Newer diffusers renamed from_pretrained's ``torch_dtype`` to ``dtype`` (old name warns)."""
+    try:
+        from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401
+    except ImportError:
+        return {"torch_dtype": dtype}
+    return {"dtype": dtype}
+
+
+class SD3Model(FlowModel):
+    """SD3 / SD3.5 flow model. Latents [16, res/8, res/8] for the real model.
+
+    Args:
+        pipe: a ``StableDiffusion3Pipeline`` (already on its device / dtype).
+        resolution: image side in pixels; must be a multiple of vae_scale_factor * patch_size.
+        lora: attach a fresh LoRA with this spec (None: no LoRA -> full fine-tuning).
+        max_sequence_length: T5 tokens; prompt embeddings are [B, 77 + this, 4096] for SD3.
+    """
+
+    def __init__(self, pipe, resolution: int = 512, lora: LoraSpec | None = None,
+                 max_sequence_length: int = 256) -> None:
+        super().__init__()
+        self.pipe = pipe
+        self.transformer = pipe.transformer
+        self.resolution = int(resolution)
+        self.max_sequence_length = int(max_sequence_length)
+        self.device = self.transformer.device
+        self.dtype = self.transformer.dtype
+        multiple = pipe.vae_scale_factor * self.transformer.config.patch_size
+        if self.resolution <= 0 or self.resolution % multiple:
+            raise UserError(f"resolution must be a positive multiple of {multiple} for this model, "
+                            f"got {resolution}")
+        for name in ("text_encoder", "text_encoder_2", "text_encoder_3", "vae"):
+            module = getattr(pipe, name, None)
+            if module is not None:
+                module.requires_grad_(False)
+                module.eval()
+        self.transformer.eval()
+        if lora is not None:
+            attach_lora(self.transformer, lora)
+        elif has_lora(self.transformer):        # e.g. pipe.load_lora_weights(...) beforehand
+            self.transformer.requires_grad_(False)
+            for p in lora_parameters(self.transformer):
+                p.requires_grad_(True)
+        else:
+            self.transformer.requires_grad_(True)
+        self._negative: Conditioning | None = None
+
+    @classmethod
+    def from_pretrained(cls, path_or_hub_id: str | os.PathLike, resolution: int = 512,
+                        dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+                        lora: LoraSpec | None = None, max_sequence_length: int = 256) -> "SD3Model":
+        """Load a StableDiffusion3Pipeline (SD3 or SD3.5) from a local folder or hub id.
+
+        A local path that does not exist, is not a diffusers folder, or fails to load gives
+        UserError naming the path and the fix.
+        """
+        from diffusers import StableDiffusion3Pipeline
+
+        name = str(path_or_hub_id)
+        local = _looks_local(name)
+        if local:
+            path = Path(name).expanduser()
+            if not path.is_dir():
+                raise UserError(f"model folder {name!r} does not exist; {_HINT}")
+            if not (path / "model_index.json").is_file():
+                raise UserError(f"{name!r} is not a diffusers model folder (no model_index.json); {_HINT}")
+            name = str(path)
+        try:
+            pipe = StableDiffusion3Pipeline.from_pretrained(name, **_dtype_kwarg(dtype))
+        except Exception as e:
+            if local:
+                raise UserError(f"could not load an SD3 pipeline from {name!r} ({type(e).__name__}: "
+                                f"{e}); {_HINT}") from e
+            if isinstance(e, OSError):
+                raise UserError(f"could not load {name!r} from the Hugging Face hub ({e}); check the "
+                                f"id, your network and login, or {_HINT}") from e
+            raise
+        pipe.set_progress_bar_config(disable=True)
+        pipe.to(device)
+        return cls(pipe, resolution=resolution, lora=lora, max_sequence_length=max_sequence_length)
+
+    # ------------------------------------------------------------------ FlowModel
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """(in_channels, resolution / vae_scale_factor, same): (16, 64, 64) for SD3 at 512 px."""
+        side = self.resolution // self.pipe.vae_scale_factor
+        return (self.transformer.config.in_channels, side, side)
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: Sequence[str]) -> Conditioning:
+        """B prompts -> prompt_embeds [B, L, D] and pooled_prompt_embeds [B, P] on self.device.
+
+        All three encoders see the same prompt; L = CLIP length + max_sequence_length.
+        """
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        prompts = list(prompts)
+        if not prompts:
+            raise ValueError("encode_prompts needs at least one prompt")
+        embeds, _, pooled, _ = self.pipe.encode_prompt(
+            prompt=prompts, prompt_2=prompts, prompt_3=prompts, device=self.device,
+            do_classifier_free_guidance=False, max_sequence_length=self.max_sequence_length)
+        return Conditioning({"prompt_embeds": embeds, "pooled_prompt_embeds": pooled})
+
+    def encode_negative(self, n: int) -> Conditioning:
+        """The empty prompt "" (what the diffusers pipeline uses for CFG), encoded once, batch n."""
+        if self._negative is None:
+            self._negative = self.encode_prompts([""])
+        return self._negative.repeat_interleave(n)
+
+    def _forward(self, x: Tensor, sigma: Tensor, cond: Conditioning) -> Tensor:
+        """x: [B, C, H, W] (model dtype), sigma: [B] float32 -> velocity [B, C, H, W] (model dtype)."""
+        t = cond.tensors
+        return self.transformer(
+            hidden_states=x,
+            encoder_hidden_states=t["prompt_embeds"].to(self.dtype),
+            pooled_projections=t["pooled_prompt_embeds"].to(self.dtype),
+            timestep=(1000.0 * sigma).to(x.device, torch.float32),
+            return_dict=False)[0]
+
+    def decode(self, x: Tensor) -> Tensor:
+        """Latents [B, C, h, w] -> images float32 [B, 3, h * f, w * f] in [0, 1].
+
+        Gradient mode is the caller's (wrap in no_grad for rollouts).
+        """
+        vae = self.pipe.vae
+        latents = x.to(vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
+        image = vae.decode(latents, return_dict=False)[0]
+        return (image.float() / 2 + 0.5).clamp(0, 1)
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        """LoRA weights when an adapter is attached, else every transformer parameter."""
+        if has_lora(self.transformer):
+            return lora_parameters(self.transformer)
+        return list(self.transformer.parameters())
+
+    def reference(self) -> contextlib.AbstractContextManager:
+        """Context in which the transformer is the frozen base model (LoRA disabled)."""
+        if not has_lora(self.transformer):
+            raise NotImplementedError(
+                "reference() needs a LoRA adapter (the base model is the adapter switched off); "
+                "a frozen reference copy for full fine-tuning is not implemented yet")
+        return adapter_disabled(self.transformer)
+
+    # ------------------------------------------------------------------ LoRA I/O
+    @property
+    def has_lora(self) -> bool:
+        return has_lora(self.transformer)
+
+    def save_lora(self, directory: str | os.PathLike) -> Path:
+        """Write the LoRA in diffusers format (pytorch_lora_weights.safetensors, with its LoRA
+        config as metadata so that alpha survives) so ``pipe.load_lora_weights(directory)``
+        loads it. Returns the directory."""
+        from diffusers import StableDiffusion3Pipeline
+
+        if not self.has_lora:
+            raise ValueError("save_lora: no LoRA adapter attached (full fine-tuning: save the transformer)")
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        config = self.transformer.peft_config[adapter_name(self.transformer)].to_dict()
+        StableDiffusion3Pipeline.save_lora_weights(
+            directory, transformer_lora_layers=lora_state_dict(self.transformer),
+            transformer_lora_adapter_metadata=config)
+        return directory
+
+    def load_lora(self, directory: str | os.PathLike) -> None:
+        """Load a LoRA written by :meth:`save_lora` (or any diffusers SD3 transformer LoRA).
+
+        Into the attached adapter if there is one (keys and shapes must match), else a new
+        adapter is attached with the saved config. UserError if the folder or file is missing.
+        """
+        from diffusers import StableDiffusion3Pipeline
+
+        path = Path(directory).expanduser()
+        if not path.exists():
+            raise UserError(f"LoRA folder {str(directory)!r} does not exist; pass a folder written "
+                            f"by save_lora (containing pytorch_lora_weights.safetensors)")
+        try:
+            sd, metadata = StableDiffusion3Pipeline.lora_state_dict(str(path), return_lora_metadata=True)
+        except Exception as e:
+            raise UserError(f"could not read LoRA weights from {str(directory)!r} ({e}); pass a "
+                            f"folder written by save_lora") from e
+        prefix = "transformer."
+        weights = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+        if not weights:
+            raise UserError(f"{str(directory)!r} holds no transformer LoRA weights")
+        if not self.has_lora:
+            config = {k[len(prefix):]: v for k, v in (metadata or {}).items() if k.startswith(prefix)}
+            if not config:
+                raise UserError(f"{str(directory)!r} has no LoRA config metadata; attach a LoRA "
+                                f"with the right LoraSpec first, then load")
+            spec = LoraSpec(rank=int(config["r"]), alpha=float(config["lora_alpha"]),
+                            target_modules=tuple(sorted(config["target_modules"])),
+                            dropout=float(config.get("lora_dropout", 0.0)))
+            attach_lora(self.transformer, spec)
+        load_lora_state_dict(self.transformer, weights)
