@@ -98,9 +98,10 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
     step, losses = 0, []
     if resume:
         st = torch.load(state_file, map_location="cpu", weights_only=False)
-        if st["config"] != asdict(cfg):
+        saved = {k: v for k, v in st["config"].items() if k != "steps"}
+        if saved != {k: v for k, v in asdict(cfg).items() if k != "steps"}:
             raise UserError(f"{state_file} was made with other options; resume with the same "
-                            f"options or start a new --out")
+                            f"options (only --steps may grow) or start a new --out")
         modules.load_state_dict(st["model"])
         ema.load_state_dict(st["ema"])
         opt.load_state_dict(st["opt"])
@@ -138,7 +139,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
             for pe, p in zip(ema.parameters(), modules.parameters()):
                 pe.lerp_(p, 1 - decay)
         step += 1
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         bar.update(1)
         bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
         if step % cfg.save_every == 0 or step == cfg.steps:

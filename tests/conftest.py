@@ -1,0 +1,21 @@
+import os
+
+import pytest
+import torch
+
+# Two cores: keep each test process to its own share; tests build tiny models.
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture
+def tiny_shapes_checkpoint(tmp_path):
+    """A randomly initialised shapes model over the full shapes vocabulary, saved to a folder."""
+    from tempflow.models.shapes_model import ShapesModel, ShapesModelConfig
+    from tempflow.shapes import vocabulary
+
+    torch.manual_seed(0)
+    cfg = ShapesModelConfig(vocab=vocabulary(), num_layers=1, num_heads=2, head_dim=8,
+                            text_dim=16, text_layers=1)
+    path = tmp_path / "tiny-shapes"
+    ShapesModel(cfg).save_pretrained(path)
+    return path
