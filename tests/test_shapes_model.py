@@ -12,10 +12,10 @@ from tempflow.sampling.loops import sample_ode
 VOCAB = ["a", "red", "blue", "circle", "square", "and"]
 
 
-def tiny(**kw) -> ShapesModel:
+def tiny(num_layers: int = 1) -> ShapesModel:
     torch.manual_seed(0)
-    cfg = ShapesModelConfig(vocab=VOCAB, resolution=16, patch_size=4, num_layers=1, num_heads=2,
-                            head_dim=8, text_dim=16, text_layers=1, max_length=8, **kw)
+    cfg = ShapesModelConfig(vocab=VOCAB, resolution=16, patch_size=4, num_layers=num_layers,
+                            num_heads=2, head_dim=8, text_dim=16, text_layers=1, max_length=8)
     return ShapesModel(cfg)
 
 
@@ -106,3 +106,26 @@ def test_save_load_roundtrip_and_errors(tmp_path):
     (tmp_path / "ck" / "model.safetensors").write_bytes(b"garbage")
     with pytest.raises(UserError, match="unreadable"):
         ShapesModel.from_pretrained(tmp_path / "ck")
+
+
+def test_lora_reference_mode():
+    from tempflow.models.lora import LoraSpec, SD3_ATTENTION_TARGETS
+
+    m = tiny(num_layers=2)  # the last SD3 block has no to_add_out: two blocks cover all targets
+    cond = m.encode_prompts(["a red circle"])
+    x, sig = torch.randn(1, *m.latent_shape), torch.tensor([0.6])
+    with torch.no_grad():
+        base = m.velocity(x, sig, cond)
+    m.add_lora(LoraSpec(rank=4, alpha=8, target_modules=SD3_ATTENTION_TARGETS))
+    params = m.trainable_parameters()
+    assert params and all("lora" in n for n, p in m.transformer.named_parameters() if p.requires_grad)
+    with torch.no_grad():
+        for p in params:
+            p.add_(0.1 * torch.randn_like(p))
+        adapted = m.velocity(x, sig, cond)
+        with m.reference():
+            ref = m.velocity(x, sig, cond)
+        again = m.velocity(x, sig, cond)
+    torch.testing.assert_close(ref, base)
+    torch.testing.assert_close(again, adapted)
+    assert not torch.allclose(adapted, base)

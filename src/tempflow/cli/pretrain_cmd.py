@@ -15,6 +15,7 @@ def add_parser(sub) -> None:
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--save-every", type=int, default=d.save_every)
+    p.add_argument("--sigma-sampling", choices=("uniform", "logit_normal"), default=d.sigma_sampling)
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--layers", type=int, default=None, help="transformer layers (architecture)")
     p.set_defaults(run=run)
@@ -31,7 +32,8 @@ def run(args) -> int:
         from tempflow.shapes import vocabulary
         model = ShapesModelConfig(vocab=vocabulary(), num_layers=args.layers)
     cfg = PretrainConfig(out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                         seed=args.seed, save_every=args.save_every, model=model)
+                         seed=args.seed, save_every=args.save_every,
+                         sigma_sampling=args.sigma_sampling, model=model)
     out = pretrain(cfg, resume=args.resume)
     print(f"wrote {out}")
     return 0
