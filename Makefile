@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 
 install:
 	@if [ -z "$$VIRTUAL_ENV" ] && [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
-	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "$(TORCH_SPEC)"
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install $(TORCH_SPEC)
 	@$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test]"
 
 demo: install
