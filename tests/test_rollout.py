@@ -1,0 +1,65 @@
+"""Rollouts: branching reproduces the trunk without noise, costs what the analysis says."""
+
+import torch
+
+from tempflow.grpo.rollout import rollout_branches, rollout_flow_grpo
+from tempflow.models.shapes_model import ShapesModel, ShapesModelConfig
+from tempflow.sampling import flow_sigmas, sde_step, trained_steps
+from tempflow.sampling.loops import sample_ode
+
+VOCAB = ["a", "red", "blue", "circle", "square"]
+
+
+def tiny() -> ShapesModel:
+    torch.manual_seed(0)
+    return ShapesModel(ShapesModelConfig(vocab=VOCAB, resolution=8, patch_size=4, num_layers=1,
+                                         num_heads=2, head_dim=8, text_dim=16, text_layers=1,
+                                         max_length=6))
+
+
+def test_zero_noise_branches_reproduce_trunk():
+    m = tiny()
+    cond = m.encode_prompts(["a red circle", "a blue square"])
+    noise = m.initial_noise(2, torch.Generator().manual_seed(1))
+    sig = flow_sigmas(6, 3.0)
+    out = rollout_branches(m, cond, noise, sig, noise_level=0.0, points=[0, 2, 4], num_branches=3,
+                           guidance_scale=2.0)
+    ode = sample_ode(m, cond, noise, sig, 2.0)
+    torch.testing.assert_close(out.trunk_final, ode)
+    for j in range(3):
+        for k in range(3):
+            torch.testing.assert_close(out.final[:, j, k], ode, atol=1e-5, rtol=1e-5)
+    # the same with a > 0 but the SDE noise itself set to zero: branches follow the SDE mean
+    out2 = rollout_branches(m, cond, noise, sig, 0.7, [1], 2, noise_scale=0.0)
+    assert not torch.allclose(out2.final[:, 0, 0], ode, atol=1e-4)
+
+
+def test_branch_cost_and_logprobs():
+    m = tiny()
+    cond = m.encode_prompts(["a red circle"] * 3)
+    sig = flow_sigmas(10, 3.0)
+    pts = trained_steps(10)
+    gen = torch.Generator().manual_seed(0)
+    out = rollout_branches(m, cond, m.initial_noise(3, gen), sig, 0.7, pts, 6, generator=gen)
+    # trunk 10 + branches 6 * sum_j (9 - j) = 270 per seed (algorithm.md section 5)
+    assert m.counters["nfe"] == 3 * (10 + 270)
+    assert out.samples.shape == (3, 9, 6, 3, 8, 8) and out.log_probs.shape == (3, 9, 6)
+    # stored log-probs equal a fresh scoring of the stored samples at the trunk states
+    s, j = 1, 4
+    with torch.no_grad():
+        v = m.velocity(out.starts[s, j:j + 1], sig[j].expand(1), cond[s])
+    re = sde_step(out.starts[s, j].expand(6, 3, 8, 8), v.expand(6, 3, 8, 8), sig[j], sig[j + 1], 0.7,
+                  sample=out.samples[s, j])
+    torch.testing.assert_close(re.log_prob, out.log_probs[s, j], atol=1e-4, rtol=1e-4)
+
+
+def test_flow_grpo_rollout():
+    m = tiny()
+    cond = m.encode_prompts(["a red circle", "a blue square"])
+    sig = flow_sigmas(10, 3.0)
+    gen = torch.Generator().manual_seed(0)
+    out = rollout_flow_grpo(m, cond, m.initial_noise(2, gen), sig, 0.7, trained_steps(10), 1.5, gen)
+    assert m.counters["nfe"] == 2 * 10 * 2
+    assert out.xs.shape == (11, 2, 3, 8, 8)
+    assert (out.log_probs[:9] != 0).all() and (out.log_probs[9] == 0).all()
+    torch.testing.assert_close(out.final, out.xs[-1])
