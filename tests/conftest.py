@@ -4,7 +4,8 @@ import pytest
 import torch
 
 # Two cores: keep each test process to its own share; tests build tiny models.
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+if "OMP_NUM_THREADS" not in os.environ:
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
 @pytest.fixture
