@@ -57,8 +57,21 @@ def test_frozen_parts_and_full_finetune(model):
     params = model.trainable_parameters()
     assert len(params) == len(list(model.transformer.parameters()))
     assert all(p.requires_grad for p in params)
-    with pytest.raises(NotImplementedError, match="frozen reference copy"):
-        model.reference()
+    with pytest.raises(RuntimeError, match="freeze_reference"):
+        with model.reference():
+            pass
+    # full fine-tuning: a frozen copy is the reference (own model: the fixture is shared)
+    full = make()
+    cond = full.encode_prompts(PROMPTS[:1])
+    x, sig = _noise(full, 1), torch.tensor([0.5])
+    with torch.no_grad():
+        before = full.velocity(x, sig, cond)
+        full.freeze_reference()
+        for p in full.trainable_parameters():
+            p.add_(0.01)
+        with full.reference():
+            torch.testing.assert_close(full.velocity(x, sig, cond), before)
+        assert not torch.allclose(full.velocity(x, sig, cond), before)
     with pytest.raises(UserError, match="multiple of 4"):
         SD3Model(pipe, resolution=18)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Iterator, Mapping
 
@@ -199,3 +200,92 @@ def load_lora_state_dict(module: nn.Module, state_dict: Mapping[str, Tensor]) ->
                         f"same base model with the same rank and target modules")
     with torch.no_grad():
         set_peft_model_state_dict(module, dict(state_dict), adapter_name=name)
+
+
+class TransformerAdapterMixin:
+    """Training-facing methods for models whose denoiser is ``self.transformer`` (a diffusers
+    ModelMixin): LoRA attach / save / load in diffusers format, trainable parameters, and the
+    frozen reference policy (LoRA disabled, or a frozen copy for full fine-tuning)."""
+
+    transformer: nn.Module
+    _reference_copy: nn.Module | None = None
+
+    @property
+    def has_lora(self) -> bool:
+        return has_lora(self.transformer)
+
+    def add_lora(self, spec: LoraSpec) -> None:
+        """Attach a fresh LoRA; only its weights train afterwards."""
+        attach_lora(self.transformer, spec)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """LoRA weights when an adapter is attached, else the transformer's trainable weights."""
+        if self.has_lora:
+            return lora_parameters(self.transformer)
+        return [p for p in self.transformer.parameters() if p.requires_grad]
+
+    def freeze_reference(self) -> None:
+        """Full fine-tuning: keep a frozen copy of the current transformer as the reference."""
+        import copy
+        self._reference_copy = copy.deepcopy(self.transformer).requires_grad_(False).eval()
+
+    @contextlib.contextmanager
+    def reference(self) -> Iterator[None]:
+        """Context in which the transformer is the frozen reference policy."""
+        if self.has_lora:
+            with adapter_disabled(self.transformer):
+                yield
+            return
+        if self._reference_copy is None:
+            raise RuntimeError("reference(): attach a LoRA, or call freeze_reference() before "
+                               "full fine-tuning")
+        trained, self.transformer = self.transformer, self._reference_copy
+        try:
+            yield
+        finally:
+            self.transformer = trained
+
+    def save_lora(self, directory) -> Path:
+        """Write the LoRA in diffusers format (pytorch_lora_weights.safetensors with its LoRA
+        config as metadata, so alpha survives); ``pipe.load_lora_weights(directory)`` loads it."""
+        from diffusers import StableDiffusion3Pipeline
+
+        if not self.has_lora:
+            raise ValueError("save_lora: no LoRA adapter attached (full fine-tuning: save the transformer)")
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        config = self.transformer.peft_config[adapter_name(self.transformer)].to_dict()
+        StableDiffusion3Pipeline.save_lora_weights(
+            directory, transformer_lora_layers=lora_state_dict(self.transformer),
+            transformer_lora_adapter_metadata=config)
+        return directory
+
+    def load_lora(self, directory) -> None:
+        """Load a LoRA written by :meth:`save_lora` (or any diffusers SD3 transformer LoRA):
+        into the attached adapter (keys and shapes must match), else into a new adapter with
+        the saved config. UserError if the folder or its weights are missing or unreadable."""
+        from diffusers import StableDiffusion3Pipeline
+
+        path = Path(directory).expanduser()
+        if not path.exists():
+            raise UserError(f"LoRA folder {str(directory)!r} does not exist; pass a folder written "
+                            f"by save_lora (containing pytorch_lora_weights.safetensors)")
+        try:
+            sd, metadata = StableDiffusion3Pipeline.lora_state_dict(str(path), return_lora_metadata=True)
+        except Exception as e:
+            raise UserError(f"could not read LoRA weights from {str(directory)!r} ({e}); pass a "
+                            f"folder written by save_lora") from None
+        prefix = "transformer."
+        weights = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+        if not weights:
+            raise UserError(f"{str(directory)!r} holds no transformer LoRA weights")
+        if not self.has_lora:
+            config = {k[len(prefix):]: v for k, v in (metadata or {}).items() if k.startswith(prefix)}
+            if not config:
+                raise UserError(f"{str(directory)!r} has no LoRA config metadata; attach a LoRA "
+                                f"with the right LoraSpec first, then load")
+            spec = LoraSpec(rank=int(config["r"]), alpha=float(config["lora_alpha"]),
+                            target_modules=tuple(sorted(config["target_modules"])),
+                            dropout=float(config.get("lora_dropout", 0.0)))
+            attach_lora(self.transformer, spec)
+        load_lora_state_dict(self.transformer, weights)

@@ -11,7 +11,6 @@ _forward) / decode, the same lora helpers, nothing changed in samplers or the ba
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 from typing import Sequence
@@ -21,8 +20,8 @@ from torch import Tensor
 
 from tempflow.errors import UserError
 from tempflow.models.base import Conditioning, FlowModel
-from tempflow.models.lora import (LoraSpec, adapter_disabled, adapter_name, attach_lora, has_lora,
-                                  load_lora_state_dict, lora_parameters, lora_state_dict)
+from tempflow.models.lora import (LoraSpec, TransformerAdapterMixin, attach_lora, has_lora,
+                                  lora_parameters)
 
 _HINT = ("pass a local diffusers folder of SD3 / SD3.5 (one containing model_index.json, e.g. "
          "made by StableDiffusion3Pipeline.save_pretrained or huggingface-cli download) or a "
@@ -42,7 +41,7 @@ def _dtype_kwarg(dtype: torch.dtype) -> dict:
     return {"dtype": dtype}
 
 
-class SD3Model(FlowModel):
+class SD3Model(TransformerAdapterMixin, FlowModel):
     """SD3 / SD3.5 flow model. Latents [16, res/8, res/8] for the real model.
 
     Args:
@@ -163,70 +162,3 @@ class SD3Model(FlowModel):
         latents = x.to(vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
         image = vae.decode(latents, return_dict=False)[0]
         return (image.float() / 2 + 0.5).clamp(0, 1)
-
-    def trainable_parameters(self) -> list[torch.nn.Parameter]:
-        """LoRA weights when an adapter is attached, else every transformer parameter."""
-        if has_lora(self.transformer):
-            return lora_parameters(self.transformer)
-        return list(self.transformer.parameters())
-
-    def reference(self) -> contextlib.AbstractContextManager:
-        """Context in which the transformer is the frozen base model (LoRA disabled)."""
-        if not has_lora(self.transformer):
-            raise NotImplementedError(
-                "reference() needs a LoRA adapter (the base model is the adapter switched off); "
-                "a frozen reference copy for full fine-tuning is not implemented yet")
-        return adapter_disabled(self.transformer)
-
-    # ------------------------------------------------------------------ LoRA I/O
-    @property
-    def has_lora(self) -> bool:
-        return has_lora(self.transformer)
-
-    def save_lora(self, directory: str | os.PathLike) -> Path:
-        """Write the LoRA in diffusers format (pytorch_lora_weights.safetensors, with its LoRA
-        config as metadata so that alpha survives) so ``pipe.load_lora_weights(directory)``
-        loads it. Returns the directory."""
-        from diffusers import StableDiffusion3Pipeline
-
-        if not self.has_lora:
-            raise ValueError("save_lora: no LoRA adapter attached (full fine-tuning: save the transformer)")
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        config = self.transformer.peft_config[adapter_name(self.transformer)].to_dict()
-        StableDiffusion3Pipeline.save_lora_weights(
-            directory, transformer_lora_layers=lora_state_dict(self.transformer),
-            transformer_lora_adapter_metadata=config)
-        return directory
-
-    def load_lora(self, directory: str | os.PathLike) -> None:
-        """Load a LoRA written by :meth:`save_lora` (or any diffusers SD3 transformer LoRA).
-
-        Into the attached adapter if there is one (keys and shapes must match), else a new
-        adapter is attached with the saved config. UserError if the folder or file is missing.
-        """
-        from diffusers import StableDiffusion3Pipeline
-
-        path = Path(directory).expanduser()
-        if not path.exists():
-            raise UserError(f"LoRA folder {str(directory)!r} does not exist; pass a folder written "
-                            f"by save_lora (containing pytorch_lora_weights.safetensors)")
-        try:
-            sd, metadata = StableDiffusion3Pipeline.lora_state_dict(str(path), return_lora_metadata=True)
-        except Exception as e:
-            raise UserError(f"could not read LoRA weights from {str(directory)!r} ({e}); pass a "
-                            f"folder written by save_lora") from e
-        prefix = "transformer."
-        weights = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-        if not weights:
-            raise UserError(f"{str(directory)!r} holds no transformer LoRA weights")
-        if not self.has_lora:
-            config = {k[len(prefix):]: v for k, v in (metadata or {}).items() if k.startswith(prefix)}
-            if not config:
-                raise UserError(f"{str(directory)!r} has no LoRA config metadata; attach a LoRA "
-                                f"with the right LoraSpec first, then load")
-            spec = LoraSpec(rank=int(config["r"]), alpha=float(config["lora_alpha"]),
-                            target_modules=tuple(sorted(config["target_modules"])),
-                            dropout=float(config.get("lora_dropout", 0.0)))
-            attach_lora(self.transformer, spec)
-        load_lora_state_dict(self.transformer, weights)

@@ -8,7 +8,6 @@ a small word-level text encoder. Checkpoints are folders with ``config.json`` an
 
 from __future__ import annotations
 
-import contextlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from torch import Tensor
 
 from tempflow.errors import UserError
 from tempflow.models.base import Conditioning, FlowModel
+from tempflow.models.lora import TransformerAdapterMixin
 from tempflow.models.text_encoder import WordTextEncoder, WordTokenizer
 
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
@@ -52,7 +52,7 @@ class ShapesModelConfig:
             raise ValueError("ShapesModelConfig.vocab must list the prompt words")
 
 
-class ShapesModel(FlowModel):
+class ShapesModel(TransformerAdapterMixin, FlowModel):
     """Pixel-space flow model: x is an RGB image in [-1, 1], latent_shape (3, R, R)."""
 
     def __init__(self, config: ShapesModelConfig, device: str | torch.device = "cpu",
@@ -107,20 +107,6 @@ class ShapesModel(FlowModel):
     def encode_images(images: Tensor) -> Tensor:
         """Images in [0, 1] [B, 3, R, R] -> model space x0 in [-1, 1]."""
         return images.float() * 2.0 - 1.0
-
-    def trainable_parameters(self) -> list[torch.nn.Parameter]:
-        return [p for p in self.transformer.parameters() if p.requires_grad]
-
-    def reference(self) -> contextlib.AbstractContextManager:
-        if not getattr(self.transformer, "_hf_peft_config_loaded", False):
-            raise NotImplementedError("reference() needs a LoRA adapter; attach one with add_lora()")
-        from tempflow.models.lora import adapter_disabled
-        return adapter_disabled(self.transformer)
-
-    def add_lora(self, spec) -> None:
-        """Attach a LoRA (a :class:`tempflow.models.lora.LoraSpec`) to the transformer."""
-        from tempflow.models.lora import attach_lora
-        attach_lora(self.transformer, spec)
 
     def invalidate_cache(self) -> None:
         """Forget cached encodings (call after the text encoder's weights change)."""
