@@ -18,9 +18,10 @@ class EvalResult:
 
     prompts: list[str]
     categories: list[str]
-    passed: torch.Tensor  # bool [N]
-    score: torch.Tensor   # float32 [N]
+    passed: torch.Tensor | None  # bool [N] (shapes prompts only)
+    score: torch.Tensor | None   # float32 [N] verifier score (shapes prompts only)
     images: torch.Tensor  # float32 [N, 3, H, W]
+    reward: torch.Tensor | None = None  # float32 [N], the configured reward (if any)
 
     def table(self) -> dict[str, dict[str, float]]:
         """{category: {"pass_rate", "score", "n"}} with an "overall" row (mean over categories,
@@ -36,6 +37,18 @@ class EvalResult:
                           "n": len(self.prompts)}
         return out
 
+    def summary(self) -> dict[str, float]:
+        """Flat metrics: eval/pass_rate (GenEval overall), per category, eval/score, eval/reward."""
+        out = {}
+        if self.passed is not None:
+            table = self.table()
+            out = {"eval/pass_rate": table["overall"]["pass_rate"], "eval/score": table["overall"]["score"]}
+            out.update({f"eval/pass_rate/{c}": r["pass_rate"] for c, r in table.items() if c != "overall"})
+        if self.reward is not None:
+            finite = self.reward[torch.isfinite(self.reward)]
+            out["eval/reward"] = float(finite.mean()) if finite.numel() else float("nan")
+        return out
+
     def format_table(self) -> str:
         lines = [f"{'category':<14} {'pass rate':>9} {'score':>6} {'n':>5}"]
         for c, r in self.table().items():
@@ -44,26 +57,65 @@ class EvalResult:
 
 
 @torch.no_grad()
-def evaluate_shapes(model: FlowModel, prompts: list[tuple[str, str]], images_per_prompt: int = 4,
-                    steps: int = 20, shift: float = 3.0, guidance_scale: float | None = 3.0,
-                    seed: int = 0, batch_size: int = 256) -> EvalResult:
-    """Sample ``images_per_prompt`` images per (prompt, category) with the ODE and verify them.
+def sample_eval_images(model: FlowModel, prompts: list[str], images_per_prompt: int, steps: int,
+                       shift: float, guidance_scale: float | None, seed: int,
+                       batch_size: int = 256) -> torch.Tensor:
+    """ODE samples, ``images_per_prompt`` per prompt in order: float32 [N, 3, H, W] in [0, 1].
 
     The initial noise depends only on ``seed`` and the position in the list, so two models
-    evaluated with the same arguments see the same starting points.
+    evaluated with the same arguments start from the same points.
     """
-    from tempflow.shapes import verify_batch
-
-    flat = [(p, c) for p, c in prompts for _ in range(images_per_prompt)]
+    flat = [p for p in prompts for _ in range(images_per_prompt)]
     gen = torch.Generator().manual_seed(seed)
-    noise = model.initial_noise(len(flat), gen)
-    sigmas = flow_sigmas(steps, shift)
+    noise = model.initial_noise(len(flat), gen).to(model.device)
+    sigmas = flow_sigmas(steps, shift).to(model.device)
     images = []
     for start in range(0, len(flat), batch_size):
         chunk = flat[start:start + batch_size]
-        cond = model.encode_prompts([p for p, _ in chunk])
+        cond = model.encode_prompts(chunk)
         x = sample_ode(model, cond, noise[start:start + len(chunk)], sigmas, guidance_scale)
-        images.append(model.decode_images(x))
-    images = torch.cat(images)
-    passed, score = verify_batch(images, [p for p, _ in flat])
-    return EvalResult([p for p, _ in flat], [c for _, c in flat], passed, score, images)
+        images.append(model.decode_images(x).cpu())
+    return torch.cat(images)
+
+
+def evaluate_shapes(model: FlowModel, prompts: list[tuple[str, str]], images_per_prompt: int = 4,
+                    steps: int = 20, shift: float = 3.0, guidance_scale: float | None = 3.0,
+                    seed: int = 0, reward=None) -> EvalResult:
+    """Sample ``images_per_prompt`` images per (prompt, category) with the ODE and verify them
+    (and score them with ``reward`` if given)."""
+    from tempflow.shapes import verify_batch
+
+    images = sample_eval_images(model, [p for p, _ in prompts], images_per_prompt, steps, shift,
+                                guidance_scale, seed)
+    flat = [(p, c) for p, c in prompts for _ in range(images_per_prompt)]
+    texts = [p for p, _ in flat]
+    passed, score = verify_batch(images, texts)
+    values = None
+    if reward is not None:
+        from tempflow.rewards import score as reward_score
+        values = reward_score(reward, images, texts)
+    return EvalResult(texts, [c for _, c in flat], passed, score, images, values)
+
+
+def evaluate_prompts(model: FlowModel, prompt_set, reward, images_per_prompt: int, steps: int,
+                     shift: float, guidance_scale: float | None, seed: int) -> EvalResult:
+    """Evaluation on a :class:`~tempflow.training.prompts.PromptSet`: the shapes verifier's
+    GenEval-style table when the prompts are shapes-world prompts, the reward's mean always."""
+    from tempflow.errors import UserError
+    from tempflow.shapes import parse
+
+    try:
+        for p in prompt_set.prompts:
+            parse(p)
+        is_shapes = True
+    except UserError:
+        is_shapes = False
+    if is_shapes:
+        return evaluate_shapes(model, list(zip(prompt_set.prompts, prompt_set.categories)),
+                               images_per_prompt, steps, shift, guidance_scale, seed, reward)
+    images = sample_eval_images(model, prompt_set.prompts, images_per_prompt, steps, shift,
+                                guidance_scale, seed)
+    from tempflow.rewards import score as reward_score
+    texts = [p for p in prompt_set.prompts for _ in range(images_per_prompt)]
+    return EvalResult(texts, ["all"] * len(texts), None, None, images,
+                      reward_score(reward, images, texts))

@@ -31,10 +31,13 @@ class FlowGRPORollout:
 @torch.no_grad()
 def rollout_flow_grpo(model: FlowModel, cond: Conditioning, noise: Tensor, sigmas: Tensor,
                       noise_level: float, sde_steps: Sequence[int], guidance_scale: float | None = None,
-                      generator: torch.Generator | None = None) -> FlowGRPORollout:
+                      generator: torch.Generator | None = None,
+                      step_noise: Tensor | None = None) -> FlowGRPORollout:
     """SDE at the steps in ``sde_steps`` (the trained steps), ODE elsewhere.
 
-    noise: [N, ...] at sigma = 1; cond: batch N. Costs T model calls per sample (2T with CFG).
+    noise: [N, ...] at sigma = 1; cond: batch N; step_noise: optional [T, N, ...] standard
+    normal noise of each step (else drawn from ``generator``). Costs T model calls per sample
+    (2T with CFG).
     """
     x = noise.float()
     n = x.shape[0]
@@ -44,7 +47,8 @@ def rollout_flow_grpo(model: FlowModel, cond: Conditioning, noise: Tensor, sigma
         sig, nxt = sigmas[j].expand(n), sigmas[j + 1].expand(n)
         v = model.velocity(x, sig, cond, guidance_scale)
         if j in sde and float(sigmas[j + 1]) > 0:
-            x, _, _, lp = sde_step(x, v, sig, nxt, noise_level, generator=generator)
+            eps = step_noise[j] if step_noise is not None else None
+            x, _, _, lp = sde_step(x, v, sig, nxt, noise_level, noise=eps, generator=generator)
         else:
             x, lp = ode_step(x, v, sig, nxt), torch.zeros(n)
         xs.append(x)
@@ -78,7 +82,7 @@ class BranchRollout:
 def rollout_branches(model: FlowModel, cond: Conditioning, noise: Tensor, sigmas: Tensor,
                      noise_level: float, points: Sequence[int], num_branches: int,
                      guidance_scale: float | None = None, generator: torch.Generator | None = None,
-                     noise_scale: float = 1.0) -> BranchRollout:
+                     noise_scale: float = 1.0, branch_noise: Tensor | None = None) -> BranchRollout:
     """TempFlow-GRPO's trajectory branching.
 
     For each seed s (noise[s], cond[s]): an ODE trunk x_0 .. x_T; at each branch point j, K
@@ -86,7 +90,8 @@ def rollout_branches(model: FlowModel, cond: Conditioning, noise: Tensor, sigmas
     the ODE from sigma_{j+1} to 0. The continuations of all branches of all branch points run
     as one batch per wave, each sample at its own sigma: wave w moves branch (j, k) from step
     j + 1 + w to j + 2 + w. Cost per seed: T + K * sum_j (T - 1 - j) model calls (times 2 with CFG).
-    ``noise_scale`` multiplies the SDE noise (0 gives branches that reproduce the trunk).
+    ``branch_noise``: optional [S, P, K, ...] standard normal noise of the branch steps (else
+    drawn from ``generator``); ``noise_scale`` multiplies it (0: the branches follow the SDE mean).
     """
     s_count, t_steps = noise.shape[0], sigmas.numel() - 1
     pts = sorted(int(j) for j in points)
@@ -112,7 +117,10 @@ def rollout_branches(model: FlowModel, cond: Conditioning, noise: Tensor, sigmas
     x_rep = starts.unsqueeze(2).expand(s_count, p, k, *shape).reshape(-1, *shape)
     v_rep = vel.unsqueeze(2).expand(s_count, p, k, *shape).reshape(-1, *shape)
     step_idx = torch.tensor(pts).repeat(s_count).repeat_interleave(k)     # [S*P*K]
-    eps = torch.randn(x_rep.shape, generator=generator, dtype=torch.float32) * noise_scale
+    if branch_noise is not None:
+        eps = branch_noise.reshape(x_rep.shape).float() * noise_scale
+    else:
+        eps = torch.randn(x_rep.shape, generator=generator, dtype=torch.float32) * noise_scale
     out = sde_step(x_rep, v_rep, sigmas[step_idx], sigmas[step_idx + 1], noise_level, noise=eps)
     samples, log_probs = out.sample, out.log_prob
     # ODE continuations in waves; a branch is live while its next step index < T

@@ -35,10 +35,11 @@ def _looks_local(path: str) -> bool:
 def _dtype_kwarg(dtype: torch.dtype) -> dict:
     """Newer diffusers renamed from_pretrained's ``torch_dtype`` to ``dtype`` (old name warns)."""
     try:
-        from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401
+        from diffusers.utils import deprecation_utils
     except ImportError:
         return {"torch_dtype": dtype}
-    return {"dtype": dtype}
+    # diffusers >= 0.36 resolves the new keyword (and has this helper); older ones need torch_dtype
+    return {"dtype": dtype} if hasattr(deprecation_utils, "_resolve_dtype") else {"torch_dtype": dtype}
 
 
 class SD3Model(TransformerAdapterMixin, FlowModel):

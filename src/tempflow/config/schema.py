@@ -1,0 +1,333 @@
+"""The training configuration: nested frozen dataclasses, validated on construction.
+
+Construction checks every field against its annotation (an int is accepted for a float, a
+mapping for a nested section, a tuple for a list) and then its range; a mistake raises
+:class:`UserError` naming the dotted field, the bad value and the fix. Build one from YAML and
+``--set`` overrides with :func:`tempflow.config.load_config`; change one with
+``dataclasses.replace`` (which validates again). Defaults are the shapes-world TempFlow-GRPO
+setting; algorithm.md gives the meaning of each constant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+from tempflow.config.loading import coerce, field_types
+from tempflow.errors import UserError
+from tempflow.models.lora import SD3_ATTENTION_TARGETS, LoraSpec
+
+LORA_INITS = ("gaussian", "olora", "pissa", "orthogonal")
+
+
+class _Section:
+    """Mixin for config sections: type-check fields, then run the section's own checks."""
+
+    _prefix: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        hints = field_types(type(self))
+        for f in dataclasses.fields(self):
+            value = coerce(getattr(self, f.name), hints[f.name], self._prefix + f.name)
+            object.__setattr__(self, f.name, value)
+        self._check()
+
+    def _check(self) -> None:
+        pass
+
+    def _need(self, name: str, ok: bool, rule: str, why: str) -> None:
+        """UserError '<prefix.name> must be <rule> (got <value>): <why>' unless ``ok``."""
+        if not ok:
+            raise UserError(f"{self._prefix}{name} must be {rule} (got {getattr(self, name)!r}): {why}")
+
+
+# ---------------------------------------------------------------------------- sections
+
+@dataclass(frozen=True)
+class LoraConfig(_Section):
+    """LoRA adapter on the denoiser (peft); see :class:`tempflow.models.lora.LoraSpec`."""
+
+    _prefix: ClassVar[str] = "model.lora."
+    rank: int = 8
+    """LoRA rank r (the paper uses 32 on SD3.5-M)."""
+    alpha: float = 16.0
+    """Scale numerator: the update is alpha / rank * B @ A."""
+    target_modules: list[str] = field(default_factory=lambda: list(SD3_ATTENTION_TARGETS))
+    """Module-name suffixes to adapt (default: the 8 SD3 attention projections)."""
+    init: str = "gaussian"
+    """peft init: gaussian (B = 0, starts equal to the base), olora, pissa, orthogonal."""
+
+    def _check(self) -> None:
+        self._need("rank", self.rank >= 1, ">= 1", "the rank is the adapter's inner width")
+        self._need("alpha", self.alpha > 0, "> 0", "alpha / rank scales the LoRA update")
+        self._need("target_modules", bool(self.target_modules) and all(self.target_modules),
+                   "a non-empty list of module names", "LoRA needs layers to adapt")
+        self._need("init", self.init in LORA_INITS or self.init.startswith("pissa_niter_"),
+                   f"one of {', '.join(LORA_INITS)}", "these are the peft initialisations supported")
+
+    def to_spec(self) -> LoraSpec:
+        """The equivalent :class:`LoraSpec` (no dropout)."""
+        return LoraSpec(rank=self.rank, alpha=self.alpha, target_modules=tuple(self.target_modules),
+                        init=self.init)
+
+
+@dataclass(frozen=True)
+class ModelConfig(_Section):
+    """The base flow model and what of it is trained."""
+
+    _prefix: ClassVar[str] = "model."
+    name: str = "shapes"
+    """'shapes' (the shipped base), a shapes checkpoint folder, a diffusers folder or hub id."""
+    resolution: int = 512
+    """Image side in pixels (SD3 only; the shapes model has its own)."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Model precision; the sampler's step math is always float32."""
+    lora: LoraConfig | None = field(default_factory=LoraConfig)
+    """LoRA adapter to train; null trains the full model."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass (less memory, slower)."""
+
+    def _check(self) -> None:
+        self._need("name", bool(self.name.strip()), "a model name or path", "say which model to train")
+        self._need("resolution", self.resolution >= 16 and self.resolution % 16 == 0,
+                   "a positive multiple of 16", "SD3 latents are 1/8 of the image, in 2x2 patches")
+
+
+@dataclass(frozen=True)
+class SamplingConfig(_Section):
+    """The sampler used for rollouts (SDE steps) and evaluation (ODE)."""
+
+    _prefix: ClassVar[str] = "sampling."
+    steps: int = 10
+    """Sampling steps T of a training rollout."""
+    shift: float = 3.0
+    """Time shift s of the sigma schedule (SD3: 3)."""
+    guidance_scale: float | None = 3.0
+    """Classifier-free guidance scale; null or <= 1 disables CFG."""
+    noise_level: float = 0.7
+    """SDE noise level a (0.7 for SD3.5-M, 0.9 for FLUX)."""
+    train_fraction: float = 0.99
+    """Trained steps are the first floor(train_fraction * steps)."""
+    eval_steps: int = 20
+    """ODE steps for evaluation images."""
+
+    def _check(self) -> None:
+        self._need("steps", self.steps >= 2, ">= 2", "GRPO needs a multi-step sampler")
+        self._need("shift", self.shift > 0, "> 0", "the time shift is a ratio (1 = no shift)")
+        self._need("noise_level", self.noise_level > 0, "> 0",
+                   "the SDE must add noise for log-probabilities to exist")
+        self._need("train_fraction", 0 < self.train_fraction <= 1, "in (0, 1]",
+                   "it is the fraction of the steps that are trained")
+        self._need("train_fraction", len(self.trained_steps()) >= 1, f">= 1/{self.steps}",
+                   f"at least one of the {self.steps} steps must be trained")
+        self._need("eval_steps", self.eval_steps >= 1, ">= 1", "evaluation needs a step")
+
+    @property
+    def use_cfg(self) -> bool:
+        """Whether classifier-free guidance is on (guidance_scale > 1)."""
+        return self.guidance_scale is not None and self.guidance_scale > 1
+
+    def trained_steps(self) -> list[int]:
+        """[0, ..., floor(train_fraction * steps) - 1] (floor robust to float round-off)."""
+        return list(range(math.floor(self.train_fraction * self.steps + 1e-9)))
+
+
+@dataclass(frozen=True)
+class AlgorithmConfig(_Section):
+    """Flow-GRPO / TempFlow-GRPO: rollouts, advantages and the loss (algorithm.md 3-4)."""
+
+    _prefix: ClassVar[str] = "algorithm."
+    branching: bool = True
+    """TempFlow-GRPO trajectory branching (false: Flow-GRPO full SDE rollouts)."""
+    weighting: bool = True
+    """Noise-aware step weights w_j = s_j / mean(s) in the policy loss."""
+    group_size: int = 8
+    """Flow-GRPO: SDE trajectories per prompt (G)."""
+    seeds_per_prompt: int = 2
+    """Branching: initial noises (ODE trunks) per prompt."""
+    num_branches: int = 4
+    """Branching: SDE branches K per (seed, branch point)."""
+    branch_points: Literal["all"] | list[int] | int = "all"
+    """Branching: 'all' trained steps, a list of steps, or r = r random trained steps per iteration."""
+    group_by: Literal["seed", "prompt"] = "seed"
+    """Branching advantage group: K branches of a seed at step j, or all seeds of a prompt at j."""
+    std: Literal["group", "batch"] = "group"
+    """Advantage std: per group, or over the whole batch (Flow-GRPO's default)."""
+    adv_clip: float = 5.0
+    """Advantages are clipped to [-adv_clip, adv_clip]."""
+    clip_range: float = 1e-4
+    """PPO ratio clip eps: r is clipped to [1 - eps, 1 + eps]."""
+    beta: float = 0.004
+    """KL weight (0.004 GenEval, 0.001 PickScore; about 10x with kl_std g)."""
+    kl_std: Literal["s", "g"] = "s"
+    """KL denominator: transition std s_j (TempFlow) or Flow-GRPO's g_j."""
+
+    def _check(self) -> None:
+        self._need("group_size", self.group_size >= 2, ">= 2",
+                   "advantages compare at least two trajectories per prompt")
+        self._need("seeds_per_prompt", self.seeds_per_prompt >= 1, ">= 1", "each prompt needs a seed")
+        self._need("num_branches", self.num_branches >= 2, ">= 2",
+                   "branching needs at least two branches to compare")
+        bp = self.branch_points
+        if isinstance(bp, list):
+            self._need("branch_points", bool(bp) and min(bp) >= 0 and len(set(bp)) == len(bp),
+                       "a non-empty list of distinct steps >= 0", "write trained step indices, e.g. [0, 2, 4]")
+        elif isinstance(bp, int):
+            self._need("branch_points", bp >= 1, ">= 1", "an integer r draws r random branch points")
+        self._need("adv_clip", self.adv_clip > 0, "> 0", "advantages are clipped to [-adv_clip, adv_clip]")
+        self._need("clip_range", self.clip_range > 0, "> 0", "the PPO ratio clip needs a width (1e-4)")
+        self._need("beta", self.beta >= 0, ">= 0", "beta weighs the KL penalty; 0 disables it")
+
+
+@dataclass(frozen=True)
+class OptimConfig(_Section):
+    """The optimisation loop: iterations, batches, AdamW, EMA."""
+
+    _prefix: ClassVar[str] = "train."
+    iterations: int = 60
+    """Iterations (sample, score, train)."""
+    prompts_per_iteration: int = 4
+    """Prompts sampled per iteration (over all processes)."""
+    inner_epochs: int = 1
+    """Passes over each iteration's samples."""
+    minibatches: int = 2
+    """Optimizer steps per pass (the rows are split into this many minibatches)."""
+    lr: float = 3e-4
+    """AdamW learning rate."""
+    weight_decay: float = 1e-4
+    """AdamW weight decay."""
+    grad_clip: float = 1.0
+    """Gradient-norm clip."""
+    ema_decay: float = 0.9
+    """EMA decay of the trainable weights."""
+    ema_every: int = 8
+    """EMA update every this many optimizer steps; 0 disables EMA."""
+    seed: int = 0
+    """Seed for prompts, noise and branch points."""
+
+    def _check(self) -> None:
+        for name in ("iterations", "prompts_per_iteration", "inner_epochs", "minibatches"):
+            self._need(name, getattr(self, name) >= 1, ">= 1", "it counts rounds of work")
+        self._need("lr", self.lr > 0, "> 0", "the optimizer needs a step size (e.g. 3e-4)")
+        self._need("weight_decay", self.weight_decay >= 0, ">= 0", "0 disables weight decay")
+        self._need("grad_clip", self.grad_clip > 0, "> 0", "it is the maximal gradient norm")
+        self._need("ema_decay", 0 <= self.ema_decay < 1, "in [0, 1)", "1 would freeze the EMA")
+        self._need("ema_every", self.ema_every >= 0, ">= 0", "0 disables the EMA")
+        self._need("seed", self.seed >= 0, ">= 0", "random generators take non-negative seeds")
+
+
+@dataclass(frozen=True)
+class RewardConfig(_Section):
+    """The reward model, built by name from the reward registry."""
+
+    _prefix: ClassVar[str] = "reward."
+    name: str = "shapes"
+    """Reward name (shapes, pickscore, remote, ...)."""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments for the reward's factory."""
+
+    def _check(self) -> None:
+        self._need("name", bool(self.name.strip()), "a reward name", "say which reward to optimise")
+
+
+@dataclass(frozen=True)
+class PromptsConfig(_Section):
+    """Prompt sources: 'shapes:<split>' or a prompt file (one prompt a line)."""
+
+    _prefix: ClassVar[str] = "prompts."
+    train: str = "shapes:train"
+    """Training prompts."""
+    eval: str = "shapes:heldout"
+    """Held-out evaluation prompts."""
+
+    def _check(self) -> None:
+        for name in ("train", "eval"):
+            value = getattr(self, name)
+            self._need(name, bool(value.strip()) and value != "shapes:", "'shapes:<split>' or a file path",
+                       "say where the prompts come from, e.g. shapes:train")
+
+
+@dataclass(frozen=True)
+class RunConfig(_Section):
+    """Outputs: run folder, evaluation, checkpoints, logged images."""
+
+    _prefix: ClassVar[str] = "run."
+    out: str = "runs/shapes-tempflow"
+    """Run folder (config, logs, checkpoints, images)."""
+    eval_every: int = 10
+    """Evaluate every this many iterations; 0 disables."""
+    eval_images_per_prompt: int = 2
+    """Evaluation images per held-out prompt."""
+    save_every: int = 20
+    """Save a checkpoint every this many iterations (and at the end); 0: only at the end."""
+    log_images_every: int = 10
+    """Log a grid of training images every this many iterations; 0 disables."""
+    overwrite: bool = False
+    """Start afresh in an existing run folder, replacing it."""
+
+    def _check(self) -> None:
+        self._need("out", bool(self.out.strip()), "a folder path", "runs need a place to write")
+        for name in ("eval_every", "save_every", "log_images_every"):
+            self._need(name, getattr(self, name) >= 0, ">= 0", "it is an interval; 0 disables")
+        self._need("eval_images_per_prompt", self.eval_images_per_prompt >= 1, ">= 1",
+                   "evaluation draws images")
+
+
+@dataclass(frozen=True)
+class BranchPointSpec:
+    """Which trained steps branch: ``candidates`` (sorted); each iteration uses all of them
+    (``subset`` None) or ``subset`` of them drawn at random without replacement."""
+
+    candidates: tuple[int, ...]
+    subset: int | None = None
+
+    def draw(self, generator: Any = None) -> list[int]:
+        """This iteration's branch points, sorted; ``generator``: a torch.Generator."""
+        if self.subset is None:
+            return list(self.candidates)
+        import torch
+
+        idx = torch.randperm(len(self.candidates), generator=generator)[:self.subset]
+        return sorted(self.candidates[i] for i in idx.tolist())
+
+
+@dataclass(frozen=True)
+class TrainConfig(_Section):
+    """Everything a training run needs (``tempflow train``)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    train: OptimConfig = field(default_factory=OptimConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    prompts: PromptsConfig = field(default_factory=PromptsConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def _check(self) -> None:
+        if not self.algorithm.branching:
+            return  # branch points are unused
+        n, bp = len(self.trained_steps()), self.algorithm.branch_points
+        if isinstance(bp, list) and max(bp) >= n:
+            raise UserError(f"algorithm.branch_points must lie in 0..{n - 1} (got {bp}): only the "
+                            f"first {n} of sampling.steps={self.sampling.steps} steps are trained "
+                            f"(sampling.train_fraction={self.sampling.train_fraction})")
+        if isinstance(bp, int) and bp > n:
+            raise UserError(f"algorithm.branch_points must be in 1..{n} (got {bp}): it draws that "
+                            f"many of the {n} trained steps each iteration")
+
+    def trained_steps(self) -> list[int]:
+        """Indices of the trained sampling steps, [0, ..., floor(train_fraction * steps) - 1]."""
+        return self.sampling.trained_steps()
+
+    def branch_point_spec(self) -> BranchPointSpec:
+        """The branch points of algorithm.branch_points (ValueError when branching is off)."""
+        if not self.algorithm.branching:
+            raise ValueError("algorithm.branching is false: Flow-GRPO rollouts have no branch points")
+        bp = self.algorithm.branch_points
+        if bp == "all":
+            return BranchPointSpec(tuple(self.trained_steps()))
+        if isinstance(bp, list):
+            return BranchPointSpec(tuple(sorted(bp)))
+        return BranchPointSpec(tuple(self.trained_steps()), None if bp == len(self.trained_steps()) else bp)

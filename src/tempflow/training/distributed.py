@@ -1,0 +1,42 @@
+"""The few collective operations training needs, over accelerate (identity in one process)."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+
+class Dist:
+    """rank / world / device, and sum and gather across processes.
+
+    With more than one process (``accelerate launch``) the collectives go through
+    :class:`accelerate.Accelerator`; in a single process they return their input.
+    """
+
+    def __init__(self, accelerator=None):
+        if accelerator is None:
+            from accelerate import Accelerator
+            accelerator = Accelerator()
+        self.acc = accelerator
+        self.rank = accelerator.process_index
+        self.world = accelerator.num_processes
+        self.device = accelerator.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def sum(self, t: Tensor) -> Tensor:
+        """Elementwise sum over processes."""
+        if self.world == 1:
+            return t
+        return self.acc.reduce(t.to(self.device).clone(), reduction="sum").to(t.device)
+
+    def gather(self, t: Tensor) -> Tensor:
+        """Concatenate along dim 0 in process order (same shape on every process)."""
+        if self.world == 1:
+            return t
+        return self.acc.gather(t.to(self.device).contiguous()).to(t.device)
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            self.acc.wait_for_everyone()

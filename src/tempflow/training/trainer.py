@@ -1,0 +1,193 @@
+"""TempFlow-GRPO and Flow-GRPO training: one trainer, one code path.
+
+Each iteration runs five phases, top to bottom: sample (rollouts), score (decode + reward),
+advantages (group-normalised, gathered across processes), train (clipped policy loss + KL,
+inner epochs x minibatches), log. ``algorithm.branching`` picks TempFlow-GRPO's branched
+rollouts or Flow-GRPO's independent SDE trajectories; ``algorithm.weighting`` turns the
+noise-aware step weights on; the 2 x 2 ablation is four configs of the same trainer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+
+from tempflow.config import TrainConfig
+from tempflow.grpo import group_advantages
+from tempflow.grpo.objective import ObjectiveConfig, branch_transitions, grpo_loss, trajectory_transitions
+from tempflow.models import load_model
+from tempflow.rewards import build_reward, score
+from tempflow.sampling import flow_sigmas, noise_aware_weights
+from tempflow.training.distributed import Dist
+from tempflow.training.ema import EMA
+from tempflow.training.prompts import PromptSet
+from tempflow.training.rollout_phase import sample_branching, sample_trajectories
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class Trainer:
+    """Builds everything from a :class:`TrainConfig`; :meth:`iteration` runs one iteration."""
+
+    def __init__(self, cfg: TrainConfig, dist: Dist | None = None):
+        self.cfg = cfg
+        self.dist = dist or Dist()
+        torch.manual_seed(cfg.train.seed)
+        self.model = load_model(cfg.model.name, device=self.dist.device,
+                                dtype=DTYPES[cfg.model.dtype], resolution=cfg.model.resolution)
+        self._prepare_model()
+        params = self.model.trainable_parameters()
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        self.ema = EMA(params, cfg.train.ema_decay, cfg.train.ema_every)
+        self.reward = build_reward(cfg.reward.name, **cfg.reward.kwargs)
+        self.train_set = PromptSet.load(cfg.prompts.train)
+        self.eval_set = PromptSet.load(cfg.prompts.eval)
+        if cfg.train.prompts_per_iteration % self.dist.world:
+            from tempflow.errors import UserError
+            raise UserError(f"train.prompts_per_iteration ({cfg.train.prompts_per_iteration}) must be a "
+                            f"multiple of the number of processes ({self.dist.world})")
+        with torch.no_grad():  # text embeddings of the prompt set, computed once
+            self.train_cond = self.model.encode_prompts(self.train_set.prompts)
+        self.sigmas = flow_sigmas(cfg.sampling.steps, cfg.sampling.shift).to(self.dist.device)
+        self.steps = cfg.sampling.trained_steps()
+        self.weights_all = noise_aware_weights(self.sigmas.cpu(), cfg.sampling.noise_level, self.steps)
+        self.objective = ObjectiveConfig(cfg.sampling.noise_level, cfg.algorithm.clip_range,
+                                         cfg.algorithm.beta, cfg.sampling.guidance_scale,
+                                         cfg.algorithm.kl_std)
+
+    def _prepare_model(self) -> None:
+        m, cfg = self.model, self.cfg.model
+        if cfg.lora is not None:
+            m.transformer.requires_grad_(False)
+            m.add_lora(cfg.lora.to_spec())
+        else:
+            m.transformer.requires_grad_(True)
+            m.freeze_reference()
+        if cfg.gradient_checkpointing and hasattr(m.transformer, "enable_gradient_checkpointing"):
+            m.transformer.enable_gradient_checkpointing()
+        m.transformer.train()
+
+    # ------------------------------------------------------------------ phases
+    def branch_points(self, iteration: int) -> list[int]:
+        """'all' trained steps, an explicit list, or r random trained steps (same on every process)."""
+        spec = self.cfg.algorithm.branch_points
+        if spec == "all":
+            return list(self.steps)
+        if isinstance(spec, list):
+            return sorted(spec)
+        rng = np.random.default_rng([self.cfg.train.seed, iteration, 11])
+        return sorted(int(j) for j in rng.choice(self.steps, spec, replace=False))
+
+    def iteration(self, it: int) -> dict:
+        cfg, a, times = self.cfg, self.cfg.algorithm, defaultdict(float)
+        counters0 = dict(self.model.counters)
+        # 1. sample: this process's share of the iteration's prompts
+        positions = list(range(cfg.train.prompts_per_iteration))[self.dist.rank::self.dist.world]
+        ids = self.train_set.draw(cfg.train.prompts_per_iteration, cfg.train.seed, it)
+        local_ids = [ids[p] for p in positions]
+        cond = self.train_cond[torch.tensor(local_ids)]
+        gs = cfg.sampling.guidance_scale
+        with self._timed(times, "time/sample"), torch.no_grad():
+            if a.branching:
+                points = self.branch_points(it)
+                samples = sample_branching(self.model, cond, positions, a.seeds_per_prompt, a.num_branches,
+                                           points, self.sigmas, cfg.sampling.noise_level, gs, a.group_by,
+                                           cfg.train.seed, it)
+            else:
+                points = list(self.steps)
+                samples = sample_trajectories(self.model, cond, positions, a.group_size, points, self.sigmas,
+                                              cfg.sampling.noise_level, gs, cfg.train.seed, it)
+        # 2. score
+        prompts = [self.train_set.prompts[local_ids[r]] for r in samples.prompt_rows.tolist()]
+        with self._timed(times, "time/decode"), torch.no_grad():
+            images = torch.cat([self.model.decode_images(c) for c in samples.finals.split(256)])
+        with self._timed(times, "time/reward"):
+            rewards = score(self.reward, images, prompts)
+        self.model.counters["reward_calls"] += len(prompts)
+        # 3. advantages over the gathered batch
+        with self._timed(times, "time/advantages"):
+            all_r, all_g = self.dist.gather(rewards), self.dist.gather(samples.groups)
+            adv = group_advantages(all_r, all_g, a.std, clip=a.adv_clip)
+            mine = slice(self.dist.rank * len(rewards), (self.dist.rank + 1) * len(rewards))
+            advantages, valid = adv.advantages[mine], adv.valid[mine]
+        weights = (self.weights_all[[self.steps.index(j) for j in points]] if a.weighting
+                   else torch.ones(len(points)))
+        if a.branching:
+            s, p, k = samples.shape_spk
+            batch = branch_transitions(samples.rollout, samples.cond, self.sigmas.cpu(),
+                                       advantages.view(s, p, k), valid.view(s, p, k), weights)
+            per_prompt = a.seeds_per_prompt * p  # start states per prompt: (seed, branch point)
+        else:
+            batch = trajectory_transitions(samples.rollout, samples.cond, self.sigmas.cpu(), points,
+                                           advantages, valid, weights)
+            per_prompt = a.group_size * len(points)  # start states per prompt: (trajectory, step)
+        # global ids of this process's start states, the same for any number of processes
+        keys = (torch.tensor(positions).repeat_interleave(per_prompt) * per_prompt
+                + torch.arange(per_prompt).repeat(len(positions)))
+        # 4. train
+        with self._timed(times, "time/train"):
+            train_stats = self._train(batch, keys, it)
+        # 5. log
+        counters = {k: v - counters0.get(k, 0) for k, v in self.model.counters.items()}
+        counters = {k: int(self.dist.sum(torch.tensor(float(v))).item()) for k, v in sorted(counters.items())}
+        finite = all_r[torch.isfinite(all_r)]
+        record = {"iteration": it,
+                  "reward/mean": float(finite.mean()) if finite.numel() else float("nan"),
+                  "reward/std": float(finite.std(unbiased=False)) if finite.numel() else float("nan"),
+                  "frac_reward_zero_std": adv.frac_zero_std, "reward/failed": adv.num_failed,
+                  **train_stats, **{f"count/{k}": v for k, v in counters.items()}, **times}
+        if a.branching:
+            per_step = adv.advantages.view(-1, len(points), a.num_branches).std(dim=(0, 2))
+            record.update({f"adv_std/step{j}": float(v) for j, v in zip(points, per_step)})
+        record.update({f"weight/step{j}": float(w) for j, w in zip(points, weights)})
+        return record
+
+    def _train(self, batch, keys, it: int) -> dict:
+        """Inner epochs x minibatches over start states; gradients summed across processes and
+        normalised by the global number of valid transitions, so N processes == 1 process."""
+        cfg = self.cfg.train
+        total_keys = int(self.dist.sum(torch.tensor(float(len(keys)))).item())
+        params = self.model.trainable_parameters()
+        stats = defaultdict(list)
+        for epoch in range(cfg.inner_epochs):
+            perm = torch.from_numpy(np.random.default_rng([cfg.seed, it, epoch, 13]).permutation(total_keys))
+            rank_of = torch.empty(total_keys, dtype=torch.long)
+            rank_of[perm] = torch.arange(total_keys)
+            mb_of = rank_of[keys] * cfg.minibatches // total_keys           # [R_local]
+            for mb in range(cfg.minibatches):
+                rows = (mb_of == mb).nonzero().squeeze(1)
+                sub = batch.select(rows)
+                n_local = sub.valid.sum()
+                n_global = self.dist.sum(n_local.float())
+                self.optimizer.zero_grad(set_to_none=False)
+                for prm in params:
+                    if prm.grad is None:
+                        prm.grad = torch.zeros_like(prm)
+                if n_global == 0:
+                    continue
+                if n_local > 0:
+                    sub = sub.with_signal()
+                    loss, st = grpo_loss(self.model, sub, self.objective)
+                    (loss * (n_local.float() / n_global)).backward()
+                    for k, v in st.items():
+                        stats[k].append(v)
+                for prm in params:
+                    prm.grad = self.dist.sum(prm.grad)
+                stats["grad_norm"].append(float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)))
+                self.optimizer.step()
+                self.ema.step()
+        out = {f"train/{k}": float(np.mean(v)) for k, v in stats.items() if k not in ("ratio_min", "ratio_max", "transitions")}
+        if stats["ratio_min"]:
+            out["train/ratio_min"] = float(np.min(stats["ratio_min"]))
+            out["train/ratio_max"] = float(np.max(stats["ratio_max"]))
+        return out
+
+    @contextmanager
+    def _timed(self, times: dict, key: str):
+        t0 = time.perf_counter()
+        yield
+        times[key] += time.perf_counter() - t0
