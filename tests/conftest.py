@@ -15,7 +15,7 @@ def tiny_shapes_checkpoint(tmp_path):
     from tempflow.shapes import vocabulary
 
     torch.manual_seed(0)
-    cfg = ShapesModelConfig(vocab=vocabulary(), num_layers=1, num_heads=2, head_dim=8,
+    cfg = ShapesModelConfig(vocab=vocabulary(), num_layers=2, num_heads=2, head_dim=8,
                             text_dim=16, text_layers=1)
     path = tmp_path / "tiny-shapes"
     ShapesModel(cfg).save_pretrained(path)

@@ -16,6 +16,8 @@ def add_parser(sub) -> None:
     p.add_argument("--out", default="grid.png", help="output PNG (default grid.png)")
     p.add_argument("--model", default=None, help="'shapes' (default, the shipped base), a "
                    "checkpoint folder, or an SD3 pipeline folder / hub id")
+    p.add_argument("--lora", metavar="DIR", default=None,
+                   help="load a LoRA saved by `tempflow train` (diffusers format) onto the model")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (model default)")
     p.add_argument("--shift", type=float, default=None, help="schedule time shift (model default)")
     p.add_argument("--cfg", type=float, default=None, help="guidance scale; 1 disables CFG")
@@ -51,6 +53,8 @@ def run(args) -> int:
     cfg = args.cfg if args.cfg is not None else defaults["guidance_scale"]
     t0 = time.time()
     model = load_model(args.model)
+    if args.lora:
+        model.load_lora(args.lora)
     all_prompts = [p for p in prompts for _ in range(args.num)]
     cond = model.encode_prompts(all_prompts)  # unknown words fail here, before any sampling
     gen = torch.Generator().manual_seed(args.seed)

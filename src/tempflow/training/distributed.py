@@ -14,8 +14,10 @@ class Dist:
 
     def __init__(self, accelerator=None):
         if accelerator is None:
+            import torch
             from accelerate import Accelerator
-            accelerator = Accelerator()
+            # without a GPU, processes started by `accelerate launch` meet over gloo (MULTI_CPU)
+            accelerator = Accelerator(cpu=not torch.cuda.is_available())
         self.acc = accelerator
         self.rank = accelerator.process_index
         self.world = accelerator.num_processes

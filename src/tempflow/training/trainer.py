@@ -114,6 +114,7 @@ class Trainer:
             adv = group_advantages(all_r, all_g, a.std, clip=a.adv_clip)
             mine = slice(self.dist.rank * len(rewards), (self.dist.rank + 1) * len(rewards))
             advantages, valid = adv.advantages[mine], adv.valid[mine]
+            self.last_batch = {"rewards": all_r, "groups": all_g, "advantages": adv.advantages}
         weights = (self.weights_all[[self.steps.index(j) for j in points]] if a.weighting
                    else torch.ones(len(points)))
         if a.branching:
@@ -132,8 +133,9 @@ class Trainer:
         with self._timed(times, "time/train"):
             train_stats = self._train(batch, keys, it)
         # 5. log
-        counters = {k: v - counters0.get(k, 0) for k, v in self.model.counters.items()}
-        counters = {k: int(self.dist.sum(torch.tensor(float(v))).item()) for k, v in sorted(counters.items())}
+        keys = ("nfe", "nfe_grad", "decodes", "reward_calls")  # the same on every process
+        local = torch.tensor([float(self.model.counters[k] - counters0.get(k, 0)) for k in keys])
+        counters = dict(zip(keys, self.dist.sum(local).long().tolist()))
         finite = all_r[torch.isfinite(all_r)]
         record = {"iteration": it,
                   "reward/mean": float(finite.mean()) if finite.numel() else float("nan"),

@@ -1,0 +1,89 @@
+"""`tempflow train` end to end on a tiny model, and 2 processes == 1 process."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+WORKER = Path(__file__).parent / "workers" / "one_iteration.py"
+
+
+def tiny_config(tmp_path, ckpt, **algorithm):
+    cfg = {
+        "model": {"name": str(ckpt), "lora": {"rank": 4, "alpha": 4}},
+        "sampling": {"steps": 6, "eval_steps": 6},
+        "algorithm": {"num_branches": 2, "seeds_per_prompt": 2, "group_size": 4, "clip_range": 0.2,
+                      **algorithm},
+        "train": {"iterations": 2, "prompts_per_iteration": 2, "lr": 1e-2},
+        "reward": {"name": "shapes", "kwargs": {"dense": True}},
+        "run": {"out": str(tmp_path / "run"), "eval_every": 1, "eval_images_per_prompt": 1,
+                "save_every": 1},
+    }
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("branching", [True, False])
+def test_train_command_end_to_end(tmp_path, tiny_shapes_checkpoint, branching):
+    cfg = tiny_config(tmp_path, tiny_shapes_checkpoint, branching=branching, weighting=branching)
+    res = subprocess.run([sys.executable, "-m", "tempflow", "train", "--config", str(cfg),
+                          "--no-progress"], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    run = tmp_path / "run"
+    for name in ("config.yaml", "metrics.jsonl", "reward_curve.png", "lora/pytorch_lora_weights.safetensors"):
+        assert (run / name).is_file(), name
+    assert any((run / "tb").iterdir())
+    records = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    iters = [r for r in records if "reward/mean" in r]
+    evals = [r for r in records if "eval/pass_rate" in r]
+    assert len(iters) == 2 and [r["iteration"] for r in evals] == [0, 1, 2]
+    for key in ("count/nfe", "count/nfe_grad", "count/decodes", "count/reward_calls", "time/sample",
+                "time/train", "frac_reward_zero_std"):
+        assert key in iters[0], key
+    t, k, seeds = 6, 2, 4
+    if branching:  # algorithm.md section 5: T + K * sum_j (T - 1 - j) per seed, CFG doubles
+        assert iters[0]["count/decodes"] == seeds * k * 5
+        sample_nfe = 2 * seeds * (t + k * sum(5 - j for j in range(5)))
+    else:
+        assert iters[0]["count/decodes"] == 2 * 4
+        sample_nfe = 2 * 2 * 4 * t
+    assert iters[0]["count/nfe"] >= sample_nfe
+    # the saved LoRA loads for sampling
+    out = tmp_path / "s.png"
+    res = subprocess.run([sys.executable, "-m", "tempflow", "sample", "--model", str(tiny_shapes_checkpoint),
+                          "--lora", str(run / "lora"), "--prompt", "a red circle", "--num", "2",
+                          "--steps", "2", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("branching", [True, False])
+def test_two_processes_equal_one(tmp_path, tiny_shapes_checkpoint, branching):
+    if shutil.which("accelerate") is None and not (Path(sys.executable).parent / "accelerate").exists():
+        pytest.skip("accelerate launcher not installed")
+    cfg = tiny_config(tmp_path, tiny_shapes_checkpoint, branching=branching, std="batch",
+                      beta=0.01)
+    one, two = tmp_path / "one.pt", tmp_path / "two.pt"
+    env_cmd = [sys.executable, str(WORKER), str(cfg)]
+    res = subprocess.run(env_cmd + [str(one)], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    launcher = str(Path(sys.executable).parent / "accelerate")
+    res = subprocess.run([launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                          "--mixed_precision", "no", "--dynamo_backend", "no",
+                          str(WORKER), str(cfg), str(two)],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    a, b = torch.load(one), torch.load(two)
+    assert a["world"] == 1 and b["world"] == 2
+    torch.testing.assert_close(a["rewards"], b["rewards"])
+    torch.testing.assert_close(a["advantages"], b["advantages"])
+    assert any(not torch.equal(p, q) for p, q in zip(a["params"], a["initial"]))  # an update happened
+    for p, q in zip(a["params"], b["params"]):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5)
