@@ -34,6 +34,11 @@ def _border(size: int) -> int:
     return max(1, round(size / 32))
 
 
+def lattice_step(size: int) -> int:
+    """Spacing of the lattice that object boxes are placed on: 4 px at 32 px."""
+    return max(1, round(4 * size / 32))
+
+
 @lru_cache(maxsize=None)
 def shape_mask(shape: str, s: int) -> np.ndarray:
     """Boolean [s, s] mask of a shape in its box (pixel centres at i + 0.5)."""
@@ -106,14 +111,17 @@ def sample_layout(spec: SceneSpec | str, rng: np.random.Generator,
     shape_idx = np.array([SHAPES.index(s) for s, _ in expected])
     lo, hi = object_size_range(size)
     gap, border = min_gap(size), _border(size)
+    step = lattice_step(size)
     table = _centroid_table(hi)
     margin = position_margin(size)
     boxes = None
     for shrink in range(hi - lo + 1):
         top = hi - shrink
         s = rng.integers(lo, top + 1, size=(_CANDIDATES, n))
-        x = rng.integers(border, size - border - s + 1)
-        y = rng.integers(border, size - border - s + 1)
+        # box corners on a lattice of `step` px: few distinct layouts, which a small
+        # generator learns far faster than continuous placement
+        x = border + step * rng.integers(0, (size - border - s - border) // step + 1)
+        y = border + step * rng.integers(0, (size - border - s - border) // step + 1)
         ok = np.ones(_CANDIDATES, dtype=bool)
         xe, ye = x + s + gap, y + s + gap  # box ends plus the gap
         for i in range(n):
