@@ -129,3 +129,20 @@ def test_lora_reference_mode():
     torch.testing.assert_close(ref, base)
     torch.testing.assert_close(again, adapted)
     assert not torch.allclose(adapted, base)
+
+
+def test_x0_prediction_parameterisation():
+    """The transformer predicts the clean image; the velocity is (x - x0_hat) / max(sigma, 0.05)."""
+    m = tiny()
+    assert m.config.prediction == "x0"
+    cond = m.encode_prompts(["a red circle", "a blue square"])
+    x, sig = torch.randn(2, *m.latent_shape), torch.tensor([0.6, 0.01])
+    with torch.no_grad():
+        out = m.transformer(hidden_states=x, encoder_hidden_states=cond.tensors["prompt_embeds"],
+                            pooled_projections=cond.tensors["pooled_prompt_embeds"],
+                            timestep=1000 * sig, return_dict=False)[0]
+        v = m.velocity(x, sig, cond)
+    torch.testing.assert_close(v[0], (x[0] - out[0]) / 0.6)
+    torch.testing.assert_close(v[1], (x[1] - out[1]) / 0.05)
+    with pytest.raises(ValueError, match="prediction"):
+        ShapesModelConfig(vocab=VOCAB, prediction="eps")

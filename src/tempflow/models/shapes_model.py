@@ -24,6 +24,7 @@ from tempflow.models.lora import TransformerAdapterMixin
 from tempflow.models.text_encoder import WordTextEncoder, WordTokenizer
 
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
+X0_SIGMA_MIN = 0.05
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "assets" / "shapes-base"
 
 
@@ -40,6 +41,10 @@ class ShapesModelConfig:
     text_dim: int = 128
     text_layers: int = 2
     max_length: int = 10
+    prediction: str = "x0"
+    """What the transformer outputs: "x0" (the clean image; v = (x - x0) / max(sigma, 0.05))
+    or "velocity". Small pixel-space models learn x0 far more easily: predicting v at high
+    noise means reproducing the input noise exactly, and the residue shows as scattered patches."""
 
     def __post_init__(self):
         for name in ("resolution", "patch_size", "num_layers", "num_heads", "head_dim",
@@ -48,6 +53,8 @@ class ShapesModelConfig:
                 raise ValueError(f"ShapesModelConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.resolution % self.patch_size:
             raise ValueError(f"resolution {self.resolution} must be a multiple of patch_size {self.patch_size}")
+        if self.prediction not in ("x0", "velocity"):
+            raise ValueError(f"ShapesModelConfig.prediction must be 'x0' or 'velocity', got {self.prediction!r}")
         if not self.vocab:
             raise ValueError("ShapesModelConfig.vocab must list the prompt words")
 
@@ -94,10 +101,16 @@ class ShapesModel(TransformerAdapterMixin, FlowModel):
         return self._negative.repeat_interleave(n)
 
     def _forward(self, x: Tensor, sigma: Tensor, cond: Conditioning) -> Tensor:
-        return self.transformer(
+        out = self.transformer(
             hidden_states=x, encoder_hidden_states=cond.tensors["prompt_embeds"].to(self.dtype),
             pooled_projections=cond.tensors["pooled_prompt_embeds"].to(self.dtype),
             timestep=(1000.0 * sigma).to(self.dtype), return_dict=False)[0]
+        if self.config.prediction == "velocity":
+            return out
+        # x = (1 - sigma) x0 + sigma eps  =>  v = eps - x0 = (x - x0) / sigma (denominator
+        # clamped as in "Back to Basics: Let Denoising Generative Models Denoise", Li & He 2025)
+        s = sigma.float().clamp(min=X0_SIGMA_MIN).view(-1, *([1] * (x.ndim - 1)))
+        return (x.float() - out.float()) / s
 
     def decode(self, x: Tensor) -> Tensor:
         """Pixels in [-1, 1] -> images in [0, 1]: float32 [B, 3, R, R]."""
