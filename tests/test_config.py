@@ -313,7 +313,7 @@ def test_trained_steps_and_branch_points():
 
     assert TrainConfig().trained_steps() == list(range(9))
     assert SamplingConfig(steps=100, train_fraction=0.29).trained_steps() == list(range(29))
-    spec = TrainConfig().branch_point_spec()
+    spec = load_config(None, ["algorithm.branch_points=all"]).branch_point_spec()
     assert spec.candidates == tuple(range(9)) and spec.subset is None and spec.draw() == list(range(9))
     spec = load_config(None, ["algorithm.branch_points=[4,0,2]"]).branch_point_spec()
     assert spec.draw() == [0, 2, 4]

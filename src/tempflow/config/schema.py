@@ -149,7 +149,7 @@ class AlgorithmConfig(_Section):
     """Branching: initial noises (ODE trunks) per prompt."""
     num_branches: int = 4
     """Branching: SDE branches K per (seed, branch point)."""
-    branch_points: Literal["all"] | list[int] | int = "all"
+    branch_points: Literal["all"] | list[int] | int = 3
     """Branching: 'all' trained steps, a list of steps, or r = r random trained steps per iteration."""
     group_by: Literal["seed", "prompt"] = "seed"
     """Branching advantage group: K branches of a seed at step j, or all seeds of a prompt at j."""
@@ -186,7 +186,7 @@ class OptimConfig(_Section):
     """The optimisation loop: iterations, batches, AdamW, EMA."""
 
     _prefix: ClassVar[str] = "train."
-    iterations: int = 60
+    iterations: int = 120
     """Iterations (sample, score, train)."""
     prompts_per_iteration: int = 4
     """Prompts sampled per iteration (over all processes)."""
@@ -194,7 +194,7 @@ class OptimConfig(_Section):
     """Passes over each iteration's samples."""
     minibatches: int = 2
     """Optimizer steps per pass (the rows are split into this many minibatches)."""
-    lr: float = 3e-4
+    lr: float = 5e-4
     """AdamW learning rate."""
     weight_decay: float = 1e-4
     """AdamW weight decay."""
@@ -256,7 +256,7 @@ class RunConfig(_Section):
     _prefix: ClassVar[str] = "run."
     out: str = "runs/shapes-tempflow"
     """Run folder (config, logs, checkpoints, images)."""
-    eval_every: int = 10
+    eval_every: int = 20
     """Evaluate every this many iterations; 0 disables."""
     eval_images_per_prompt: int = 2
     """Evaluation images per held-out prompt."""

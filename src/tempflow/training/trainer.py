@@ -74,13 +74,8 @@ class Trainer:
     # ------------------------------------------------------------------ phases
     def branch_points(self, iteration: int) -> list[int]:
         """'all' trained steps, an explicit list, or r random trained steps (same on every process)."""
-        spec = self.cfg.algorithm.branch_points
-        if spec == "all":
-            return list(self.steps)
-        if isinstance(spec, list):
-            return sorted(spec)
-        rng = np.random.default_rng([self.cfg.train.seed, iteration, 11])
-        return sorted(int(j) for j in rng.choice(self.steps, spec, replace=False))
+        key = np.random.SeedSequence([self.cfg.train.seed, iteration, 11]).generate_state(1)[0]
+        return self.cfg.branch_point_spec().draw(torch.Generator().manual_seed(int(key)))
 
     def iteration(self, it: int) -> dict:
         cfg, a, times = self.cfg, self.cfg.algorithm, defaultdict(float)
