@@ -1,0 +1,1 @@
+"""Training: the trainer (phases), its sampling phase, EMA, run directory, process collectives."""
