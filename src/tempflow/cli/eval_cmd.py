@@ -11,6 +11,7 @@ def add_parser(sub) -> None:
                        description="Deterministic ODE sampling on the held-out (or train) prompt "
                        "list, scored by the shapes verifier: pass rate per category and overall.")
     p.add_argument("--model", default=None, help="'shapes' (default: the shipped base) or a checkpoint folder")
+    p.add_argument("--lora", metavar="DIR", default=None, help="load a LoRA written by `tempflow train`")
     p.add_argument("--split", default="heldout", help="prompt list: heldout (default) or train")
     p.add_argument("--num", type=int, default=4, help="images per prompt (default 4)")
     p.add_argument("--steps", type=int, default=None)
@@ -43,6 +44,8 @@ def run(args) -> int:
     prompts = load_prompts(args.split)
     t0 = time.time()
     model = load_model(args.model)
+    if args.lora:
+        model.load_lora(args.lora)
     res = evaluate_shapes(model, prompts, args.num, steps, shift, cfg, args.seed)
     print(res.format_table())
     print(f"({len(res.prompts)} images, {steps} steps, shift {shift}, cfg {cfg}, seed {args.seed}, "
@@ -51,7 +54,7 @@ def run(args) -> int:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "eval.json").write_text(json.dumps({
-            "model": args.model or "shapes", "split": args.split, "images_per_prompt": args.num,
+            "model": args.model or "shapes", "lora": args.lora, "split": args.split, "images_per_prompt": args.num,
             "steps": steps, "shift": shift, "guidance_scale": cfg, "seed": args.seed,
             "table": res.table(),
             "images": [{"prompt": p, "category": c, "passed": bool(ok), "score": round(float(s), 4)}
