@@ -18,11 +18,12 @@ def tiny_config(tmp_path, ckpt, **algorithm):
         "model": {"name": str(ckpt), "lora": {"rank": 4, "alpha": 4}},
         "sampling": {"steps": 6, "eval_steps": 6},
         "algorithm": {"num_branches": 2, "seeds_per_prompt": 2, "group_size": 4, "clip_range": 0.2,
+                      "branch_points": "all",
                       **algorithm},
         "train": {"iterations": 2, "prompts_per_iteration": 2, "lr": 1e-2},
         "reward": {"name": "shapes", "kwargs": {"dense": True}},
         "run": {"out": str(tmp_path / "run"), "eval_every": 1, "eval_images_per_prompt": 1,
-                "save_every": 1},
+                "save_every": 1, "log_images_every": 1},
     }
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -40,6 +41,7 @@ def test_train_command_end_to_end(tmp_path, tiny_shapes_checkpoint, branching):
     for name in ("config.yaml", "metrics.jsonl", "reward_curve.png", "lora/pytorch_lora_weights.safetensors"):
         assert (run / name).is_file(), name
     assert any((run / "tb").iterdir())
+    assert (run / "grids" / "train_00002.png").is_file() and (run / "grids" / "eval_00002.png").is_file()
     records = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     iters = [r for r in records if "reward/mean" in r]
     evals = [r for r in records if "eval/pass_rate" in r]

@@ -68,6 +68,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> RunDir:
             maybe_eval(done)
         elif dist.is_main and done % 5 == 0:
             run.plot_rewards()
+        if dist.is_main and cfg.run.log_images_every > 0 and done % cfg.run.log_images_every == 0:
+            from tempflow.utils.images import save_grid
+            images, prompts, _ = trainer.last_samples  # the iteration's first samples
+            save_grid(images, run.path / "grids" / f"train_{done:05d}.png", nrow=4, prompts=prompts)
         if dist.is_main and cfg.model.lora is not None and (
                 done % cfg.run.save_every == 0 or done == cfg.train.iterations):
             with trainer.ema.applied():

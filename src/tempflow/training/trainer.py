@@ -102,6 +102,7 @@ class Trainer:
             images = torch.cat([self.model.decode_images(c) for c in samples.finals.split(256)])
         with self._timed(times, "time/reward"):
             rewards = score(self.reward, images, prompts)
+        self.last_samples = (images[:16], prompts[:16], rewards[:16])  # for training grids
         self.model.counters["reward_calls"] += len(prompts)
         # 3. advantages over the gathered batch
         with self._timed(times, "time/advantages"):
