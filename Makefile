@@ -23,6 +23,7 @@ install:
 demo: install
 	$(PY) -m tempflow sample --prompt "two red circles" --num 8 --out out/demo/two-red-circles.png
 	$(PY) -m tempflow verify out/demo/two-red-circles.png
+	$(PY) -m tempflow eval --num 8 --seed 0 --out out/demo/eval-base
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
