@@ -72,6 +72,11 @@ def test_two_processes_equal_one(tmp_path, tiny_shapes_checkpoint, branching):
         pytest.skip("accelerate launcher not installed")
     cfg = tiny_config(tmp_path, tiny_shapes_checkpoint, branching=branching, std="batch",
                       beta=0.01)
+    # a reward that always varies, so the update is never empty (tests/workers is on the
+    # worker's import path)
+    data = yaml.safe_load(cfg.read_text())
+    data["reward"] = {"name": "toy_rewards:brightness", "kwargs": {}}
+    cfg.write_text(yaml.safe_dump(data))
     one, two = tmp_path / "one.pt", tmp_path / "two.pt"
     env_cmd = [sys.executable, str(WORKER), str(cfg)]
     res = subprocess.run(env_cmd + [str(one)], capture_output=True, text=True, timeout=600)

@@ -22,3 +22,4 @@ if dist.is_main:
                 "groups": trainer.last_batch["groups"],
                 "params": [p.detach().clone() for p in trainer.model.trainable_parameters()],
                 "initial": initial, "world": dist.world}, sys.argv[2])
+dist.close()

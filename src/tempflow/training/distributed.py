@@ -42,3 +42,11 @@ class Dist:
     def barrier(self) -> None:
         if self.world > 1:
             self.acc.wait_for_everyone()
+
+    def close(self) -> None:
+        """Wait for every process, then leave the process group (a clean exit for gloo)."""
+        if self.world > 1:
+            import torch.distributed as td
+            self.barrier()
+            if td.is_initialized():
+                td.destroy_process_group()

@@ -79,4 +79,5 @@ def train(cfg: TrainConfig, progress: bool = True) -> RunDir:
     if dist.is_main:
         run.plot_rewards()
     run.close()
+    dist.close()
     return run
