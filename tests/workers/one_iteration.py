@@ -21,5 +21,8 @@ if dist.is_main:
                 "rewards": trainer.last_batch["rewards"],
                 "groups": trainer.last_batch["groups"],
                 "params": [p.detach().clone() for p in trainer.model.trainable_parameters()],
+                # the last minibatch's gradient, summed over processes (Adam's step is
+                # scale-free, so the gradient is what shows the loss normalisation)
+                "grads": [p.grad.detach().clone() for p in trainer.model.trainable_parameters()],
                 "initial": initial, "world": dist.world}, sys.argv[2])
 dist.close()
