@@ -101,3 +101,11 @@ def test_sample_shipped_base_model(tmp_path):
     images, _ = load_images(out)
     assert images.shape == (4, 3, 32, 32)
     assert images.std() > 0.05  # not a blank canvas
+
+
+def test_sample_with_sde_noise(tmp_path, tiny_shapes_checkpoint):
+    out = tmp_path / "sde.png"
+    assert main(["sample", "--prompt", "a red circle", "--num", "2", "--steps", "3",
+                 "--noise-level", "0.7", "--model", str(tiny_shapes_checkpoint), "--out", str(out)]) == 0
+    images, _ = load_images(out)
+    assert images.shape == (2, 3, 32, 32)

@@ -35,7 +35,8 @@ def run(args) -> int:
     from tempflow.errors import UserError
     from tempflow.models import SAMPLING_DEFAULTS, load_model, model_family
     from tempflow.sampling import flow_sigmas
-    from tempflow.sampling.loops import sample_ode, sample_sde
+    from tempflow.grpo.rollout import rollout_flow_grpo
+    from tempflow.sampling.loops import sample_ode
     from tempflow.utils.images import save_grid
     from tempflow.utils.prompts import read_prompt_file
 
@@ -61,7 +62,8 @@ def run(args) -> int:
     noise = model.initial_noise(len(all_prompts), gen)
     sigmas = flow_sigmas(steps, shift)
     if args.noise_level > 0:
-        x = sample_sde(model, cond, noise, sigmas, args.noise_level, cfg, generator=gen).xs[-1]
+        x = rollout_flow_grpo(model, cond, noise, sigmas, args.noise_level, range(steps), cfg,
+                              generator=gen).final
     else:
         x = sample_ode(model, cond, noise, sigmas, cfg)
     images = model.decode_images(x)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 
 from tempflow.models.base import Conditioning, FlowModel
-from tempflow.sampling.steps import ode_step, sde_step
+from tempflow.sampling.steps import ode_step
 
 
 @torch.no_grad()
@@ -27,35 +25,3 @@ def sample_ode(model: FlowModel, cond: Conditioning, noise: Tensor, sigmas: Tens
         v = model.velocity(x, sig, cond, guidance_scale, negative)
         x = ode_step(x, v, sig, sigmas[j + 1].to(x.device).expand(b))
     return x
-
-
-@dataclass
-class SDETrajectory:
-    """A stored SDE trajectory. xs: [T + 1, B, ...] states; log_probs: [T, B]."""
-
-    xs: Tensor
-    log_probs: Tensor
-
-
-@torch.no_grad()
-def sample_sde(model: FlowModel, cond: Conditioning, noise: Tensor, sigmas: Tensor,
-               noise_level: float, guidance_scale: float | None = None,
-               generator: torch.Generator | None = None,
-               negative: Conditioning | None = None) -> SDETrajectory:
-    """Flow-GRPO rollout: SDE steps from sigma = 1 to 0, storing states and log-probs.
-
-    The final step (to sigma = 0) is also stochastic here; trainers choose which steps to use.
-    """
-    x = noise.float()
-    b = x.shape[0]
-    xs, logps = [x], []
-    for j in range(sigmas.numel() - 1):
-        sig, nxt = sigmas[j].to(x.device).expand(b), sigmas[j + 1].to(x.device).expand(b)
-        v = model.velocity(x, sig, cond, guidance_scale, negative)
-        if float(sigmas[j + 1]) == 0.0:
-            x, lp = ode_step(x, v, sig, nxt), torch.zeros(b, device=x.device)
-        else:
-            x, _, _, lp = sde_step(x, v, sig, nxt, noise_level, generator=generator)
-        xs.append(x)
-        logps.append(lp)
-    return SDETrajectory(torch.stack(xs), torch.stack(logps))
