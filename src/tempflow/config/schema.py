@@ -11,7 +11,6 @@ setting; algorithm.md gives the meaning of each constant.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -131,7 +130,8 @@ class SamplingConfig(_Section):
 
     def trained_steps(self) -> list[int]:
         """[0, ..., floor(train_fraction * steps) - 1] (floor robust to float round-off)."""
-        return list(range(math.floor(self.train_fraction * self.steps + 1e-9)))
+        from tempflow.sampling.schedule import trained_steps
+        return trained_steps(self.steps, self.train_fraction)
 
 
 @dataclass(frozen=True)

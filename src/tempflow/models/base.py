@@ -20,7 +20,7 @@ import contextlib
 from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -161,8 +161,3 @@ class FlowModel(ABC):
         self.counters["nfe"] += n
         if grad:
             self.counters["nfe_grad"] += n
-
-
-@contextlib.contextmanager
-def nullcontext() -> Iterator[None]:
-    yield

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -38,4 +40,4 @@ def trained_steps(num_steps: int, fraction: float = 0.99) -> list[int]:
 
     For T = 10 that is steps 0..8: the last step (sigma 0.0089 -> 0) carries almost no noise.
     """
-    return list(range(int(fraction * num_steps)))
+    return list(range(math.floor(fraction * num_steps + 1e-9)))  # 0.29 * 100 is 28.999...
