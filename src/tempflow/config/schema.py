@@ -206,6 +206,8 @@ class OptimConfig(_Section):
     """EMA update every this many optimizer steps; 0 disables EMA."""
     seed: int = 0
     """Seed for prompts, noise and branch points."""
+    max_nonfinite: int = 3
+    """Stop with an error after this many iterations in a row with a non-finite model output, loss or gradient."""
 
     def _check(self) -> None:
         for name in ("iterations", "prompts_per_iteration", "inner_epochs", "minibatches"):
@@ -216,6 +218,8 @@ class OptimConfig(_Section):
         self._need("ema_decay", 0 <= self.ema_decay < 1, "in [0, 1)", "1 would freeze the EMA")
         self._need("ema_every", self.ema_every >= 0, ">= 0", "0 disables the EMA")
         self._need("seed", self.seed >= 0, ">= 0", "random generators take non-negative seeds")
+        self._need("max_nonfinite", self.max_nonfinite >= 1, ">= 1",
+                   "it counts non-finite iterations in a row before stopping")
 
 
 @dataclass(frozen=True)
@@ -261,7 +265,11 @@ class RunConfig(_Section):
     eval_images_per_prompt: int = 2
     """Evaluation images per held-out prompt."""
     save_every: int = 20
-    """Save a checkpoint every this many iterations (and at the end); 0: only at the end."""
+    """Save a full-state checkpoint (and the LoRA) every this many iterations and at the end; 0: only at the end."""
+    keep_checkpoints: int = 3
+    """Full-state checkpoints kept in checkpoints/ (older ones are deleted)."""
+    kl_stop: float | None = None
+    """Stop early (with a checkpoint) when an iteration's KL to the reference exceeds this; null: never."""
     log_images_every: int = 10
     """Log a grid of training images every this many iterations; 0 disables."""
     overwrite: bool = False
@@ -273,6 +281,10 @@ class RunConfig(_Section):
             self._need(name, getattr(self, name) >= 0, ">= 0", "it is an interval; 0 disables")
         self._need("eval_images_per_prompt", self.eval_images_per_prompt >= 1, ">= 1",
                    "evaluation draws images")
+        self._need("keep_checkpoints", self.keep_checkpoints >= 1, ">= 1",
+                   "resuming needs at least the newest checkpoint")
+        self._need("kl_stop", self.kl_stop is None or self.kl_stop > 0, "> 0 or null",
+                   "it bounds the KL to the reference; null disables early stopping")
 
 
 @dataclass(frozen=True)
