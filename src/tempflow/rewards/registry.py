@@ -1,0 +1,75 @@
+"""The reward contract and the registry of rewards by name.
+
+A reward is a callable ``reward(images, prompts[, metadata]) -> Tensor``: images float
+[B, 3, H, W] in [0, 1], prompts a list of B strings, metadata an optional list of B dicts;
+out a float tensor [B], NaN marking a sample that could not be scored. Rewards are built by
+name (``build_reward("shapes", dense=True)``) or by a dotted path to a user's factory
+(``"mypkg.rewards:make_reward"``), with keyword arguments from the config.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable, Protocol, Sequence
+
+import torch
+from torch import Tensor
+
+from tempflow.errors import UserError
+
+
+class Reward(Protocol):
+    """images [B, 3, H, W] in [0, 1], prompts (B strings) -> float [B] (NaN: not scored)."""
+
+    def __call__(self, images: Tensor, prompts: Sequence[str]) -> Tensor: ...
+
+
+REGISTRY: dict[str, Callable[..., Reward]] = {}
+
+
+def register(name: str) -> Callable[[Callable[..., Reward]], Callable[..., Reward]]:
+    """Decorator: register a reward factory under ``name`` (an existing name is an error)."""
+    def add(factory: Callable[..., Reward]) -> Callable[..., Reward]:
+        if name in REGISTRY and REGISTRY[name] is not factory:
+            raise ValueError(f"a reward named {name!r} is already registered")
+        REGISTRY[name] = factory
+        return factory
+    return add
+
+
+def resolve_factory(name: str) -> Callable[..., Reward]:
+    """The factory of a registered name or of ``module.path:factory``; UserError otherwise."""
+    if ":" in name:
+        module, _, attr = name.partition(":")
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as e:
+            raise UserError(f"reward {name!r} cannot be imported ({e}); give 'module.path:factory' "
+                            f"of an importable function") from None
+    if name in REGISTRY:
+        return REGISTRY[name]
+    raise UserError(f"unknown reward {name!r}: known rewards are {', '.join(sorted(REGISTRY))} "
+                    f"(or give 'module.path:factory')")
+
+
+def build_reward(name: str, **kwargs: Any) -> Reward:
+    """A registered reward by name, or ``module.path:factory`` called with ``kwargs``."""
+    factory = resolve_factory(name)
+    try:
+        return factory(**kwargs)
+    except TypeError as e:
+        raise UserError(f"reward {name!r} does not take these arguments: {e} (fix reward.kwargs)") from None
+
+
+def score(reward: Reward, images: Tensor, prompts: Sequence[str],
+          metadata: Sequence[dict] | None = None) -> Tensor:
+    """Call a reward and check its output: float32 [B] on the CPU; a wrong count is an error.
+
+    ``metadata`` (B dicts) is passed as a third argument only when given, so a reward that
+    takes just (images, prompts) keeps working."""
+    raw = reward(images, prompts) if metadata is None else reward(images, prompts, metadata)
+    out = torch.as_tensor(raw).detach().float().cpu().reshape(-1)
+    if out.numel() != images.shape[0]:
+        raise UserError(f"the reward returned {out.numel()} values for {images.shape[0]} images "
+                        f"(a reward must return one float per image)")
+    return out
