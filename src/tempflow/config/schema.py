@@ -223,17 +223,60 @@ class OptimConfig(_Section):
 
 
 @dataclass(frozen=True)
+class RewardComponentConfig(_Section):
+    """One weighted reward of ``reward.components`` (docs/rewards.md)."""
+
+    _prefix: ClassVar[str] = "reward.components[]."
+    name: str = ""
+    """Reward name or 'module.path:factory'."""
+    weight: float = 1.0
+    """Weight w_k in sum_k w_k R_k (negative: a penalty)."""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments for the reward's factory."""
+    label: str = ""
+    """Name in the logs (reward/<label>/mean); default: the reward name."""
+
+    def _check(self) -> None:
+        self._need("name", bool(self.name.strip()), "a reward name", "say which reward this component is")
+        self._need("weight", self.weight != 0, "non-zero", "a zero weight leaves the component out; remove it")
+
+
+@dataclass(frozen=True)
 class RewardConfig(_Section):
-    """The reward model, built by name from the reward registry."""
+    """The reward: one reward by name, or 'weighted' over several components (docs/rewards.md)."""
 
     _prefix: ClassVar[str] = "reward."
     name: str = "shapes"
-    """Reward name (shapes, pickscore, remote, ...)."""
+    """Reward name (shapes, pickscore, remote, weighted, ...) or 'module.path:factory'."""
     kwargs: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments for the reward's factory."""
+    components: list[RewardComponentConfig] = field(default_factory=list)
+    """With name 'weighted': the rewards summed, each {name, weight, kwargs, label}."""
+    combine: Literal["sum_then_normalise", "normalise_then_sum"] = "sum_then_normalise"
+    """Advantages of the weighted sum, or the weighted sum of each component's advantages."""
+    max_failed_iterations: int = 3
+    """Stop with an error when every sample's reward fails this many iterations in a row."""
+    score_chunks: int = 1
+    """Sample each process's prompts in this many chunks; a chunk is decoded and scored in a
+    worker thread while the next one samples (1: score after sampling everything)."""
+    async_scoring: bool = True
+    """Score chunks in a worker thread (false: in the main thread, for debugging)."""
 
     def _check(self) -> None:
         self._need("name", bool(self.name.strip()), "a reward name", "say which reward to optimise")
+        weighted = self.name == "weighted"
+        self._need("components", weighted or not self.components, "empty unless reward.name is 'weighted'",
+                   "set reward.name: weighted to combine the components")
+        self._need("components", not weighted or bool(self.components), "a non-empty list",
+                   "'weighted' sums the rewards listed there, e.g. [{name: shapes, weight: 1.0}]")
+        self._need("kwargs", not weighted or not self.kwargs, "empty when reward.name is 'weighted'",
+                   "give each component its own kwargs")
+        labels = [c.label or c.name for c in self.components]
+        self._need("components", len(set(labels)) == len(labels), "uniquely labelled",
+                   "give components of the same reward different labels")
+        self._need("max_failed_iterations", self.max_failed_iterations >= 1, ">= 1",
+                   "it counts iterations in a row whose rewards all failed")
+        self._need("score_chunks", self.score_chunks >= 1, ">= 1", "1 scores everything at once")
 
 
 @dataclass(frozen=True)
