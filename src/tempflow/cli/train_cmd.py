@@ -1,33 +1,79 @@
-"""`tempflow train`: TempFlow-GRPO / Flow-GRPO training from a config."""
+"""`tempflow train`: TempFlow-GRPO / Flow-GRPO training from a config, resumable."""
 
 from __future__ import annotations
+
+import signal
+import sys
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train with TempFlow-GRPO or Flow-GRPO",
                        description="Reward-align a flow model. With no arguments: TempFlow-GRPO on "
                        "the shapes world from the shipped base model with the verifier reward "
-                       "(the settings of configs/shapes-tempflow.yaml).")
+                       "(the settings of configs/shapes-tempflow.yaml). Ctrl-C (SIGINT) or SIGTERM "
+                       "finishes the iteration, saves a checkpoint and exits.")
     p.add_argument("--config", metavar="FILE", help="YAML config (presets in configs/)")
     p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", default=[],
                    help="override a config field, e.g. --set algorithm.num_branches=6 (repeatable)")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR from its newest valid checkpoint (its "
+                   "config.yaml is used; --set may change only train.iterations and run.*)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in run.out even if it holds a run (its run files are deleted)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
 
 
+def resolve_config(args):
+    """The run's config: --config and --set, or with --resume the run's own config.yaml with
+    the allowed --set changes and run.out = RUN_DIR."""
+    import dataclasses
+    from pathlib import Path
+
+    from tempflow.config import load_config
+    from tempflow.errors import UserError
+    from tempflow.training.run_dir import check_resume_changes
+
+    if args.resume is None:
+        overrides = [*args.overrides, *(["run.overwrite=true"] if args.overwrite else [])]
+        return load_config(args.config, overrides)
+    if args.config is not None or args.overwrite:
+        raise UserError("--resume continues a run with its own config.yaml: drop "
+                        f"{'--config' if args.config is not None else '--overwrite'}")
+    saved_file = Path(args.resume) / "config.yaml"
+    if not saved_file.is_file():
+        raise UserError(f"--resume {args.resume}: no run there ({saved_file} not found); give the "
+                        f"run.out folder of an earlier `tempflow train`")
+    saved = load_config(saved_file)
+    cfg = load_config(saved_file, args.overrides)
+    check_resume_changes(saved, cfg)
+    return dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, out=str(args.resume)))
+
+
 def run(args) -> int:
     from tempflow.cli.main import set_threads
-    from tempflow.config import load_config
     from tempflow.training.loop import train
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = resolve_config(args)
     set_threads()
-    run_dir = train(cfg, progress=not args.no_progress)
+    run_dir = train(cfg, progress=not args.no_progress, resume=args.resume is not None)
+    if not run_dir.main:
+        return 0
     last = next((r for r in reversed(run_dir.history) if "eval/pass_rate" in r), None)
     first = next((r for r in run_dir.history if "eval/pass_rate" in r), None)
-    if first is not None and last is not None and run_dir.main:
+    if first is not None and last is not None:
         print(f"held-out pass rate: {first['eval/pass_rate']:.3f} (iteration {first['iteration']}) -> "
               f"{last['eval/pass_rate']:.3f} (iteration {last['iteration']})")
-    if run_dir.main:
-        print(f"wrote {run_dir.path}")
-    return 0
+    print(f"wrote {run_dir.path}")
+    if run_dir.stopped is None:
+        return 0
+    why, done, signum = run_dir.stopped
+    resume = f"continue with `tempflow train --resume {run_dir.path}`"
+    if why == "kl":
+        print(f"stopped early after iteration {done}: KL to the reference exceeded "
+              f"run.kl_stop={cfg.run.kl_stop}; checkpoint saved", file=sys.stderr)
+        return 0
+    name = signal.Signals(signum).name
+    print(f"tempflow train: {name} received: stopped after iteration {done} with a checkpoint; "
+          f"{resume}", file=sys.stderr)
+    return 128 + signum

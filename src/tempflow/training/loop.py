@@ -1,16 +1,21 @@
-"""`tempflow train`: the iteration loop around :class:`Trainer` with evaluation, grids and saving."""
+"""`tempflow train`: the iteration loop around :class:`Trainer` with evaluation, grids,
+checkpoints, resume, stop signals and the long-run health guards."""
 
 from __future__ import annotations
 
+import resource
+import signal
+import threading
 import time
 
 import torch
-import yaml
 from tqdm.auto import tqdm
 
-from tempflow.config import TrainConfig, config_to_dict
+from tempflow.config import TrainConfig
+from tempflow.errors import UserError
+from tempflow.training import checkpoint as ckpt_io
 from tempflow.training.distributed import Dist
-from tempflow.training.run_dir import RunDir
+from tempflow.training.run_dir import RunDir, check_new_run, ensure_writable
 from tempflow.training.trainer import Trainer
 
 EVAL_GRID_PROMPTS = 8  # fixed evaluation prompts shown in the grids
@@ -40,44 +45,186 @@ def evaluate(trainer: Trainer, it: int, run: RunDir) -> dict:
     return record
 
 
-def train(cfg: TrainConfig, progress: bool = True) -> RunDir:
-    """Run training as configured; returns the run directory."""
-    dist = Dist()
-    trainer = Trainer(cfg, dist)
-    text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
-    run = RunDir(cfg.run.out, text, overwrite=cfg.run.overwrite, main=dist.is_main)
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-    def maybe_eval(it: int) -> None:
+
+# ---------------------------------------------------------------------------- checkpoints
+
+def _gather_objects(dist: Dist, obj) -> list:
+    """[obj of rank 0, obj of rank 1, ...] on every process."""
+    if dist.world == 1:
+        return [obj]
+    import torch.distributed as td
+    out = [None] * dist.world
+    td.all_gather_object(out, obj)
+    return out
+
+
+def save(trainer: Trainer, run: RunDir, dist: Dist, done: int, streak: int):
+    """Full-state checkpoint after ``done`` iterations (and the LoRA export, EMA weights).
+    Every process contributes its random generator states; the main one writes."""
+    cfg = trainer.cfg
+    sd = trainer.state_dict()
+    rngs = _gather_objects(dist, ckpt_io.rng_state())
+    path = None
+    if dist.is_main:
+        tensors = {**{f"params.{k}": v for k, v in sd["params"].items()},
+                   **{f"ema.{k}": v for k, v in sd["ema"].items()}}
+        state = {"optimizer": sd["optimizer"], "ema_steps": sd["ema_steps"], "rng": rngs,
+                 "nonfinite_streak": streak}
+        meta = {"metrics_bytes": run.metrics_bytes(), "world": dist.world}
+        path = ckpt_io.save_checkpoint(run.path / ckpt_io.FOLDER, done, tensors, state, meta,
+                                       cfg.run.keep_checkpoints)
+        if cfg.model.lora is not None:
+            _export_lora(trainer, run)
+    dist.barrier()
+    return path
+
+
+def _export_lora(trainer: Trainer, run: RunDir) -> None:
+    """lora/ (EMA weights, diffusers format), replaced as a whole."""
+    import shutil
+
+    tmp, final = run.path / ".lora-tmp", run.path / "lora"
+    shutil.rmtree(tmp, ignore_errors=True)
+    with trainer.ema.applied():
+        trainer.model.save_lora(tmp)
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+
+
+def restore(trainer: Trainer, run: RunDir, dist: Dist) -> tuple[int, int, object]:
+    """Load the newest valid checkpoint of ``run``: (iterations done, non-finite streak, its
+    folder or None). Without one the run starts again from iteration 0."""
+    found = ckpt_io.latest_checkpoint(run.path / ckpt_io.FOLDER)
+    if found is None:
         if dist.is_main:
-            run.log(evaluate(trainer, it, run))
-            run.plot_rewards()
-        dist.barrier()
+            ckpt_io.warn(f"no valid checkpoint in {run.path / ckpt_io.FOLDER}; starting from iteration 0")
+        run.start(trainer.cfg)
+        return 0, 0, None
+    tensors, state = ckpt_io.load_checkpoint(found)
+    sd = {"params": {k[7:]: v for k, v in tensors.items() if k.startswith("params.")},
+          "ema": {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")},
+          "ema_steps": state["ema_steps"], "optimizer": state["optimizer"]}
+    trainer.load_state_dict(sd, source=f"checkpoint {found.path}")
+    rngs = state["rng"]
+    if len(rngs) != dist.world and dist.is_main:
+        ckpt_io.warn(f"checkpoint {found.path} was written by {len(rngs)} processes and this run has "
+                     f"{dist.world}: results match an uninterrupted run only up to float rounding")
+    ckpt_io.set_rng_state(rngs[min(dist.rank, len(rngs) - 1)])
+    run.write_config(trainer.cfg)
+    run.resume(found.meta["metrics_bytes"], found.iteration)
+    return found.iteration, int(state["nonfinite_streak"]), found.path
 
-    if cfg.run.eval_every > 0:
-        maybe_eval(0)
-    bar = tqdm(range(cfg.train.iterations), desc="train", unit="it", disable=not (progress and dist.is_main))
-    for it in bar:
-        t0 = time.perf_counter()
-        record = trainer.iteration(it)
-        record["time/iteration"] = time.perf_counter() - t0
-        run.log(record)
-        bar.set_postfix(reward=f"{record['reward/mean']:.3f}", kl=f"{record.get('train/kl', 0.0):.2e}",
-                        s_it=f"{record['time/iteration']:.1f}")
-        done = it + 1
-        if cfg.run.eval_every > 0 and (done % cfg.run.eval_every == 0 or done == cfg.train.iterations):
-            maybe_eval(done)
-        elif dist.is_main and done % 5 == 0:
-            run.plot_rewards()
-        if dist.is_main and cfg.run.log_images_every > 0 and done % cfg.run.log_images_every == 0:
-            from tempflow.utils.images import save_grid
-            images, prompts, _ = trainer.last_samples  # the iteration's first samples
-            save_grid(images, run.path / "grids" / f"train_{done:05d}.png", nrow=4, prompts=prompts)
-        if dist.is_main and cfg.model.lora is not None and (
-                done % cfg.run.save_every == 0 or done == cfg.train.iterations):
-            with trainer.ema.applied():
-                trainer.model.save_lora(run.path / "lora")
+
+def _nonfinite_error(cfg: TrainConfig, it: int, last) -> UserError:
+    where = f"the newest checkpoint {last} is intact" if last else "no checkpoint was written yet"
+    return UserError(f"{cfg.train.max_nonfinite} iterations in a row (up to iteration {it}) had a "
+                     f"non-finite model output, loss or gradient; {where}: lower train.lr or check "
+                     f"the model and reward, then continue with `tempflow train --resume {cfg.run.out}`")
+
+
+# ---------------------------------------------------------------------------- the loop
+
+class StopSignals:
+    """Within the context, SIGINT / SIGTERM only set ``received`` (the signal number) so the loop
+    can finish the iteration, save a checkpoint and exit; a second signal interrupts at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.received: int | None = None
+        self._old: dict = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.received is not None:
+            self.__exit__()
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            self._old = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, old in self._old.items():
+            signal.signal(s, old)
+        self._old = {}
+
+
+def train(cfg: TrainConfig, progress: bool = True, resume: bool = False) -> RunDir:
+    """Run training as configured (``resume``: continue the run in cfg.run.out from its newest
+    valid checkpoint); returns the run directory. ``run.stopped`` says why it ended early."""
+    dist = Dist()
+    run = RunDir(cfg.run.out, main=dist.is_main)
+    created = False
+    if dist.is_main:
+        if not resume:
+            check_new_run(run.path, cfg)
+        created = ensure_writable(run.path)
+    try:
+        trainer = Trainer(cfg, dist)
+    except BaseException:
+        if created and not any(run.path.iterdir()):
+            run.path.rmdir()  # leave no empty folder behind a failed start
+        raise
+    start, streak, last = restore(trainer, run, dist) if resume else (0, 0, None)
+    if not resume:
+        run.start(cfg)
+    run.stopped = None
+    if cfg.run.eval_every > 0 and start == 0:
+        _maybe_eval(trainer, run, dist, 0)
+    bar = tqdm(range(start, cfg.train.iterations), desc="train", unit="it", initial=start,
+               total=cfg.train.iterations, disable=not (progress and dist.is_main))
+    with StopSignals() as signals:
+        for it in bar:
+            t0 = time.perf_counter()
+            record = trainer.iteration(it)
+            record["time/iteration"] = time.perf_counter() - t0
+            record["sys/peak_rss_mb"] = peak_rss_mb()
+            run.log(record)
+            bar.set_postfix(reward=f"{record['reward/mean']:.3f}", kl=f"{record.get('train/kl', 0.0):.2e}",
+                            s_it=f"{record['time/iteration']:.1f}")
+            streak = streak + 1 if record["rollout/nonfinite"] or record["train/skipped_steps"] else 0
+            if streak >= cfg.train.max_nonfinite:
+                raise _nonfinite_error(cfg, it, last)
+            done = it + 1
+            _after_iteration(trainer, run, dist, done)
+            kl_high = cfg.run.kl_stop is not None and record.get("train/kl", 0.0) > cfg.run.kl_stop
+            # every process stops at the same iteration (signals and local KL are combined)
+            flags = dist.sum(torch.tensor([float(signals.received is not None), float(kl_high)]))
+            stop = "signal" if flags[0] > 0 else "kl" if flags[1] > 0 else None
+            every = cfg.run.save_every
+            if stop or done == cfg.train.iterations or (every > 0 and done % every == 0):
+                last = save(trainer, run, dist, done, streak) or last
+            if stop:
+                run.stopped = (stop, done, signals.received or signal.SIGTERM)
+                break
     if dist.is_main:
         run.plot_rewards()
     run.close()
     dist.close()
     return run
+
+
+def _maybe_eval(trainer: Trainer, run: RunDir, dist: Dist, it: int) -> None:
+    if dist.is_main:
+        run.log(evaluate(trainer, it, run))
+        run.plot_rewards()
+    dist.barrier()
+
+
+def _after_iteration(trainer: Trainer, run: RunDir, dist: Dist, done: int) -> None:
+    """Evaluation, reward curve and training grid due after ``done`` iterations."""
+    cfg = trainer.cfg
+    if cfg.run.eval_every > 0 and (done % cfg.run.eval_every == 0 or done == cfg.train.iterations):
+        _maybe_eval(trainer, run, dist, done)
+    elif dist.is_main and done % 5 == 0:
+        run.plot_rewards()
+    if dist.is_main and cfg.run.log_images_every > 0 and done % cfg.run.log_images_every == 0:
+        from tempflow.utils.images import save_grid
+        images, prompts, _ = trainer.last_samples  # the iteration's first samples
+        save_grid(images, run.path / "grids" / f"train_{done:05d}.png", nrow=4, prompts=prompts)

@@ -125,9 +125,11 @@ class Trainer:
         # global ids of this process's start states, the same for any number of processes
         keys = (torch.tensor(positions).repeat_interleave(per_prompt) * per_prompt
                 + torch.arange(per_prompt).repeat(len(positions)))
-        # 4. train
+        # 4. train; not on a non-finite rollout (its rewards and log-probs mean nothing)
+        finite_rows = torch.isfinite(samples.finals).flatten(1).all(1)
+        nonfinite = int(self.dist.sum((~finite_rows).sum().float()).item())
         with self._timed(times, "time/train"):
-            train_stats = self._train(batch, keys, it)
+            train_stats = self._train(batch, keys, it) if nonfinite == 0 else {"train/skipped_steps": 0}
         # 5. log
         keys = ("nfe", "nfe_grad", "decodes", "reward_calls")  # the same on every process
         local = torch.tensor([float(self.model.counters[k] - counters0.get(k, 0)) for k in keys])
@@ -137,6 +139,7 @@ class Trainer:
                   "reward/mean": float(finite.mean()) if finite.numel() else float("nan"),
                   "reward/std": float(finite.std(unbiased=False)) if finite.numel() else float("nan"),
                   "frac_reward_zero_std": adv.frac_zero_std, "reward/failed": adv.num_failed,
+                  "rollout/nonfinite": nonfinite,
                   **train_stats, **{f"count/{k}": v for k, v in counters.items()}, **times}
         if a.branching:
             per_step = adv.advantages.view(-1, len(points), a.num_branches).std(dim=(0, 2))
@@ -150,7 +153,7 @@ class Trainer:
         cfg = self.cfg.train
         total_keys = int(self.dist.sum(torch.tensor(float(len(keys)))).item())
         params = self.model.trainable_parameters()
-        stats = defaultdict(list)
+        stats, skipped = defaultdict(list), 0
         for epoch in range(cfg.inner_epochs):
             perm = torch.from_numpy(np.random.default_rng([cfg.seed, it, epoch, 13]).permutation(total_keys))
             rank_of = torch.empty(total_keys, dtype=torch.long)
@@ -167,22 +170,64 @@ class Trainer:
                         prm.grad = torch.zeros_like(prm)
                 if n_global == 0:
                     continue
+                loss, st = torch.zeros(()), {}
                 if n_local > 0:
                     sub = sub.with_signal()
                     loss, st = grpo_loss(self.model, sub, self.objective)
                     (loss * (n_local.float() / n_global)).backward()
-                    for k, v in st.items():
-                        stats[k].append(v)
                 for prm in params:
                     prm.grad = self.dist.sum(prm.grad)
-                stats["grad_norm"].append(float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)))
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                # NaN / inf guard: skip the step on every process (the flags are summed)
+                if self.dist.sum(torch.stack([~torch.isfinite(loss.detach()), ~torch.isfinite(grad_norm)])
+                                 .float().cpu()).any():
+                    skipped += 1
+                    continue
+                for k, v in st.items():
+                    stats[k].append(v)
+                stats["grad_norm"].append(float(grad_norm))
                 self.optimizer.step()
                 self.ema.step()
         out = {f"train/{k}": float(np.mean(v)) for k, v in stats.items() if k not in ("ratio_min", "ratio_max", "transitions")}
         if stats["ratio_min"]:
             out["train/ratio_min"] = float(np.min(stats["ratio_min"]))
             out["train/ratio_max"] = float(np.max(stats["ratio_max"]))
+        out["train/skipped_steps"] = skipped
         return out
+
+    # ------------------------------------------------------------------ state
+    def _named_trainable(self) -> dict[str, torch.nn.Parameter]:
+        """The trainable parameters by their name in the denoiser, in optimiser order."""
+        names = {id(p): n for n, p in self.model.transformer.named_parameters()}
+        return {names.get(id(p), f"param{i}"): p for i, p in enumerate(self.model.trainable_parameters())}
+
+    def state_dict(self) -> dict:
+        """What an exact resume needs besides the config and the random generators:
+        params / ema (name -> tensor: trainable weights, EMA shadow), ema_steps, optimizer."""
+        params = self._named_trainable()
+        return {"params": {n: p.detach().clone() for n, p in params.items()},
+                "ema": {n: s.clone() for n, s in zip(params, self.ema.shadow)},
+                "ema_steps": self.ema.steps, "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, sd: dict, source: str = "checkpoint") -> None:
+        """Restore :meth:`state_dict`; UserError naming ``source`` if the weights do not fit."""
+        from tempflow.errors import UserError
+        params = self._named_trainable()
+        want = {n: tuple(p.shape) for n, p in params.items()}
+        for part in ("params", "ema"):
+            got = {n: tuple(t.shape) for n, t in sd[part].items()}
+            if got != want:
+                diff = sorted(set(got) ^ set(want)) or sorted(n for n in want if got[n] != want[n])
+                raise UserError(f"{source} does not fit this model ({len(diff)} trainable weights differ "
+                                f"in name or shape, e.g. {diff[0]!r}); it was saved with another "
+                                f"model.name or model.lora (rank, target modules): resume with that run's config")
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(sd["params"][n])
+            for n, s in zip(params, self.ema.shadow):
+                s.copy_(sd["ema"][n])
+        self.ema.steps = int(sd["ema_steps"])
+        self.optimizer.load_state_dict(sd["optimizer"])
 
     @contextmanager
     def _timed(self, times: dict, key: str):
