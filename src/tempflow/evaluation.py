@@ -1,9 +1,17 @@
-"""GenEval-style evaluation on the shapes world: deterministic ODE samples, verifier scores."""
+"""GenEval-style evaluation: deterministic ODE samples, verifier scores, reward means.
+
+What to evaluate (:func:`resolve_target`) is the bare base model, a checkpoint folder, a LoRA
+folder, or a training run folder (its config's model, sampler, prompts and reward, and its
+LoRA); :func:`evaluate_prompts` samples and scores; :func:`write_eval` writes eval.json and
+one grid per category.
+"""
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -49,11 +57,32 @@ class EvalResult:
             out["eval/reward"] = float(finite.mean()) if finite.numel() else float("nan")
         return out
 
-    def format_table(self) -> str:
-        lines = [f"{'category':<14} {'pass rate':>9} {'score':>6} {'n':>5}"]
-        for c, r in self.table().items():
-            lines.append(f"{c:<14} {r['pass_rate']:>9.3f} {r['score']:>6.3f} {r['n']:>5}")
+    def format_table(self, reward_name: str | None = None) -> str:
+        """The GenEval-style table as text (when verified), then the reward's mean (when scored)."""
+        lines = []
+        if self.passed is not None:
+            lines.append(f"{'category':<14} {'pass rate':>9} {'score':>6} {'n':>5}")
+            for c, r in self.table().items():
+                lines.append(f"{c:<14} {r['pass_rate']:>9.3f} {r['score']:>6.3f} {r['n']:>5}")
+        if self.reward is not None:
+            mean = self.summary()["eval/reward"]
+            lines.append(f"reward{f' ({reward_name})' if reward_name else ''}: mean {mean:.4f} "
+                         f"over {len(self.prompts)} images")
         return "\n".join(lines)
+
+    def to_json(self, meta: dict) -> dict:
+        """eval.json's content: ``meta`` (what was evaluated, how), the table, the flat summary
+        and one record per image (prompt, category, passed, score, reward)."""
+        rows = []
+        for i, (p, c) in enumerate(zip(self.prompts, self.categories)):
+            row = {"prompt": p, "category": c}
+            if self.passed is not None:
+                row.update(passed=bool(self.passed[i]), score=round(float(self.score[i]), 4))
+            if self.reward is not None:
+                row["reward"] = round(float(self.reward[i]), 4)
+            rows.append(row)
+        return {**meta, "table": self.table() if self.passed is not None else None,
+                "summary": self.summary(), "images": rows}
 
 
 @torch.no_grad()
@@ -98,16 +127,18 @@ def evaluate_shapes(model: FlowModel, prompts: list[tuple[str, str]], images_per
 
 
 def evaluate_prompts(model: FlowModel, prompt_set, reward, images_per_prompt: int, steps: int,
-                     shift: float, guidance_scale: float | None, seed: int) -> EvalResult:
+                     shift: float, guidance_scale: float | None, seed: int,
+                     verify: bool = True) -> EvalResult:
     """Evaluation on a :class:`~tempflow.training.prompts.PromptSet`: the shapes verifier's
-    GenEval-style table when the prompts are shapes-world prompts, the reward's mean always."""
+    GenEval-style table when the prompts are shapes-world prompts (and ``verify``), the
+    reward's mean whenever ``reward`` is given."""
     from tempflow.errors import UserError
     from tempflow.shapes import parse
 
     try:
         for p in prompt_set.prompts:
             parse(p)
-        is_shapes = True
+        is_shapes = verify
     except UserError:
         is_shapes = False
     if is_shapes:
@@ -115,7 +146,72 @@ def evaluate_prompts(model: FlowModel, prompt_set, reward, images_per_prompt: in
                                images_per_prompt, steps, shift, guidance_scale, seed, reward)
     images = sample_eval_images(model, prompt_set.prompts, images_per_prompt, steps, shift,
                                 guidance_scale, seed)
-    from tempflow.rewards import score as reward_score
     texts = [p for p in prompt_set.prompts for _ in range(images_per_prompt)]
-    return EvalResult(texts, ["all"] * len(texts), None, None, images,
-                      reward_score(reward, images, texts))
+    values = None
+    if reward is not None:
+        from tempflow.rewards import score as reward_score
+        values = reward_score(reward, images, texts)
+    return EvalResult(texts, [c for c in prompt_set.categories for _ in range(images_per_prompt)],
+                      None, None, images, values)
+
+
+@dataclass
+class EvalTarget:
+    """What to evaluate: ``model`` (a spec for :func:`tempflow.models.load_model`), an optional
+    LoRA folder, and the run's config when the target is a training run folder."""
+
+    model: str | None
+    lora: Path | None = None
+    config: object | None = None  # tempflow.config.TrainConfig of a run folder
+
+    def describe(self) -> str:
+        base = self.model or "shapes"
+        return f"{base} + LoRA {self.lora}" if self.lora else base
+
+
+LORA_FILE = "pytorch_lora_weights.safetensors"
+
+
+def resolve_target(path: str | None, model: str | None = None, lora: str | None = None) -> EvalTarget:
+    """A run folder (config.yaml + lora/), a LoRA folder, a checkpoint / diffusers folder, or
+    None (``model`` and ``lora`` as given; None is the shipped base). UserError otherwise."""
+    from tempflow.errors import UserError
+
+    if path is None:
+        return EvalTarget(model, Path(lora) if lora else None)
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        raise UserError(f"{path!r} is not a folder: give a run folder (with config.yaml), a LoRA "
+                        f"folder, a checkpoint folder, or nothing for the base model")
+    if (p / "config.yaml").is_file():
+        from tempflow.config import load_config
+        cfg = load_config(p / "config.yaml")
+        if cfg.model.lora is None:
+            raise UserError(f"run {path!r} fine-tuned all weights and saved no LoRA; evaluate a "
+                            f"run trained with model.lora set")
+        if not (p / "lora" / LORA_FILE).is_file():
+            raise UserError(f"run {path!r} has no lora/{LORA_FILE} yet (it saves every "
+                            f"run.save_every iterations); wait for a save or evaluate another run")
+        return EvalTarget(model or cfg.model.name, Path(lora) if lora else p / "lora", cfg)
+    if (p / LORA_FILE).is_file():
+        return EvalTarget(model, p)
+    if (p / "config.json").is_file() or (p / "model_index.json").is_file():
+        return EvalTarget(str(p), Path(lora) if lora else None)
+    raise UserError(f"{path!r} is neither a run folder (config.yaml), a LoRA folder ({LORA_FILE}) "
+                    f"nor a model checkpoint (config.json or model_index.json)")
+
+
+def write_eval(res: EvalResult, out: str | Path, meta: dict, images_per_prompt: int) -> Path:
+    """eval.json (see :meth:`EvalResult.to_json`) and one grid per category (``images_per_prompt``
+    images of a prompt in a row, same order as eval.json) under ``out``; returns eval.json."""
+    from tempflow.utils.images import save_grid
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "eval.json"
+    path.write_text(json.dumps(res.to_json(meta), indent=1) + "\n")
+    for cat in sorted(set(res.categories)):
+        idx = [i for i, c in enumerate(res.categories) if c == cat]
+        save_grid(res.images[idx], out / f"{cat}.png", nrow=images_per_prompt,
+                  prompts=[res.prompts[i] for i in idx])
+    return path

@@ -1,68 +1,109 @@
-"""`tempflow eval`: GenEval-style table of a shapes model on a prompt list."""
+"""`tempflow eval [TARGET]`: GenEval-style table of a run, LoRA, checkpoint or the base model."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("eval", help="GenEval-style evaluation on the shapes world",
-                       description="Deterministic ODE sampling on the held-out (or train) prompt "
-                       "list, scored by the shapes verifier: pass rate per category and overall.")
-    p.add_argument("--model", default=None, help="'shapes' (default: the shipped base) or a checkpoint folder")
+    p = sub.add_parser("eval", help="GenEval-style evaluation of a run, LoRA, checkpoint or the base",
+                       description="Deterministic ODE sampling on a prompt list (the held-out "
+                       "shapes prompts by default), several images per prompt: the shapes "
+                       "verifier's pass rate per category and overall, and the mean of the "
+                       "configured reward. TARGET is a run folder (its config's model, sampler, "
+                       "prompts and reward, and its LoRA), a LoRA folder, a checkpoint folder, "
+                       "or nothing (the shipped base model).")
+    p.add_argument("target", nargs="?", default=None, metavar="TARGET",
+                   help="run folder, LoRA folder or checkpoint folder (default: the base model)")
+    p.add_argument("--model", default=None, help="base model: 'shapes' (the shipped base) or a checkpoint folder")
     p.add_argument("--lora", metavar="DIR", default=None, help="load a LoRA written by `tempflow train`")
-    p.add_argument("--split", default="heldout", help="prompt list: heldout (default) or train")
+    p.add_argument("--prompts", default=None, metavar="SPEC",
+                   help="'shapes:<split>' or a prompt file (default: the run's prompts.eval, else shapes:heldout)")
+    p.add_argument("--split", default=None, help="shorthand for --prompts shapes:SPLIT (heldout or train)")
+    p.add_argument("--reward", default=None, metavar="NAME",
+                   help="also score with this reward (default: the run's reward, else none)")
     p.add_argument("--num", type=int, default=4, help="images per prompt (default 4)")
-    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--steps", type=int, default=None, help="ODE steps (default: the run's sampling.eval_steps, else 20)")
     p.add_argument("--shift", type=float, default=None)
-    p.add_argument("--cfg", type=float, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="folder for eval.json and grids per category")
+    p.add_argument("--cfg", type=float, default=None, help="CFG scale (<= 1 disables)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial noise (same seed: same noise for any model)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--out", default=None, help="folder for eval.json and one grid per category")
     p.set_defaults(run=run)
+
+
+def _settings(args, target) -> dict:
+    """Sampler, prompts and reward: flags first, then the run's config, then the model's defaults."""
+    from tempflow.models import SAMPLING_DEFAULTS, model_family
+
+    d = SAMPLING_DEFAULTS[model_family(target.model)]
+    cfg = target.config
+    pick = lambda flag, from_cfg, default: flag if flag is not None else (  # noqa: E731
+        from_cfg if cfg is not None else default)
+    prompts = args.prompts or (f"shapes:{args.split}" if args.split else None)
+    return {
+        "steps": pick(args.steps, cfg and cfg.sampling.eval_steps, d["steps"]),
+        "shift": pick(args.shift, cfg and cfg.sampling.shift, d["shift"]),
+        "guidance_scale": pick(args.cfg, cfg and cfg.sampling.guidance_scale, d["guidance_scale"]),
+        "prompts": pick(prompts, cfg and cfg.prompts.eval, "shapes:heldout"),
+        "reward": pick(args.reward, cfg and cfg.reward.name, None),
+        "reward_kwargs": dict(cfg.reward.kwargs) if cfg is not None and args.reward is None else {},
+    }
+
+
+def _check(args, s: dict) -> None:
+    from tempflow.errors import UserError
+
+    if args.num < 1:
+        raise UserError(f"--num must be >= 1, got {args.num}")
+    if s["steps"] < 1:
+        raise UserError(f"--steps must be >= 1, got {s['steps']}")
+    if args.device not in (None, "cpu", "cuda") and not str(args.device).startswith("cuda:"):
+        raise UserError(f"--device must be cpu or cuda, got {args.device!r}")
 
 
 def run(args) -> int:
     import time
 
+    import torch
+
     from tempflow.cli.main import set_threads
     from tempflow.errors import UserError
-    from tempflow.evaluation import evaluate_shapes
-    from tempflow.models import SAMPLING_DEFAULTS, load_model, model_family
-    from tempflow.shapes import load_prompts
-    from tempflow.utils.images import save_grid
+    from tempflow.evaluation import evaluate_prompts, resolve_target, write_eval
+    from tempflow.models import load_model, model_family
+    from tempflow.rewards import build_reward
+    from tempflow.training.prompts import PromptSet
 
-    if model_family(args.model) != "shapes":
-        raise UserError("eval scores shapes-world prompts; give a shapes model (--model shapes or a checkpoint folder)")
-    if args.num < 1:
-        raise UserError(f"--num must be >= 1, got {args.num}")
+    target = resolve_target(args.target, args.model, args.lora)
+    s = _settings(args, target)
+    _check(args, s)
+    family = model_family(target.model)
+    prompt_set = PromptSet.load(s["prompts"])
+    shapes_prompts = s["prompts"].startswith("shapes:")
+    if family != "shapes" and shapes_prompts and s["reward"] is None:
+        raise UserError("the shapes verifier scores shapes-model images only; give a shapes model "
+                        "or --reward NAME (and --prompts FILE) for this model")
+    if not shapes_prompts and s["reward"] is None:
+        raise UserError(f"prompts {s['prompts']!r} are not shapes-world prompts, so only a reward can "
+                        f"score them; give --reward NAME")
     set_threads()
-    d = SAMPLING_DEFAULTS["shapes"]
-    steps = args.steps or d["steps"]
-    shift = args.shift if args.shift is not None else d["shift"]
-    cfg = args.cfg if args.cfg is not None else d["guidance_scale"]
-    prompts = load_prompts(args.split)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     t0 = time.time()
-    model = load_model(args.model)
-    if args.lora:
-        model.load_lora(args.lora)
-    res = evaluate_shapes(model, prompts, args.num, steps, shift, cfg, args.seed)
-    print(res.format_table())
-    print(f"({len(res.prompts)} images, {steps} steps, shift {shift}, cfg {cfg}, seed {args.seed}, "
-          f"{time.time() - t0:.1f}s)")
+    reward = build_reward(s["reward"], **s["reward_kwargs"]) if s["reward"] else None
+    model = load_model(target.model, device=device)
+    if target.lora:
+        model.load_lora(target.lora)
+    res = evaluate_prompts(model, prompt_set, reward, args.num, s["steps"], s["shift"],
+                           s["guidance_scale"], args.seed, verify=family == "shapes")
+    print(f"{target.describe()} on {s['prompts']}")
+    print(res.format_table(s["reward"]))
+    print(f"({len(res.prompts)} images, {args.num} per prompt, {s['steps']} steps, shift {s['shift']}, "
+          f"cfg {s['guidance_scale']}, seed {args.seed}, {time.time() - t0:.1f}s)")
     if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "eval.json").write_text(json.dumps({
-            "model": args.model or "shapes", "lora": args.lora, "split": args.split, "images_per_prompt": args.num,
-            "steps": steps, "shift": shift, "guidance_scale": cfg, "seed": args.seed,
-            "table": res.table(),
-            "images": [{"prompt": p, "category": c, "passed": bool(ok), "score": round(float(s), 4)}
-                       for p, c, ok, s in zip(res.prompts, res.categories, res.passed, res.score)],
-        }, indent=1) + "\n")
-        for cat in sorted(set(res.categories)):
-            idx = [i for i, c in enumerate(res.categories) if c == cat]
-            save_grid(res.images[idx], out / f"{cat}.png", nrow=args.num,
-                      prompts=[res.prompts[i] for i in idx])
-        print(f"wrote {out}/eval.json and one grid per category")
+        meta = {"target": args.target, "model": target.model or "shapes",
+                "lora": str(target.lora) if target.lora else None, "prompts": s["prompts"],
+                "reward": s["reward"], "images_per_prompt": args.num, "steps": s["steps"],
+                "shift": s["shift"], "guidance_scale": s["guidance_scale"], "seed": args.seed}
+        path = write_eval(res, args.out, meta, args.num)
+        print(f"wrote {path} and one grid per category in {Path(args.out)}")
     return 0

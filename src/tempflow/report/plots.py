@@ -1,0 +1,72 @@
+"""The report's plots (matplotlib, Agg): PNG bytes, one figure per question."""
+
+from __future__ import annotations
+
+import io
+
+from tempflow.report.runs import RunData, cumulative
+
+
+def _figure():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    ax.grid(alpha=0.3)
+    return plt, fig, ax
+
+
+def _png(plt, fig, ax) -> bytes:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def smooth(values: list[float], window: int) -> list[float]:
+    """Trailing moving average over ``window`` values (fewer at the start)."""
+    out = []
+    for i in range(len(values)):
+        chunk = values[max(0, i + 1 - window):i + 1]
+        out.append(sum(chunk) / len(chunk))
+    return out
+
+
+def reward_curves(runs: list[RunData], window: int = 10) -> bytes:
+    """Training reward (batch mean) per iteration, raw (faint) and smoothed, one colour per run."""
+    plt, fig, ax = _figure()
+    for i, run in enumerate(r for r in runs if r.train):
+        its = [r["iteration"] for r in run.train]
+        vals = [r["reward/mean"] for r in run.train]
+        color = f"C{i}"
+        ax.plot(its, vals, color=color, alpha=0.25, lw=0.8)
+        ax.plot(its, smooth(vals, window), color=color, label=f"{run.name} ({run.algorithm})")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel(f"train reward (mean, {window}-iteration average)")
+    return _png(plt, fig, ax)
+
+
+def eval_curves(runs: list[RunData], x: str = "iteration", metric: str = "eval/pass_rate") -> bytes:
+    """Held-out ``metric`` at each evaluation against x: 'iteration', 'nfe' (model evaluations
+    spent in training so far, count/nfe) or 'time' (training wall-clock so far, time/iteration)."""
+    plt, fig, ax = _figure()
+    key = {"nfe": "count/nfe", "time": "time/iteration"}.get(x)
+    for i, run in enumerate(runs):
+        pts = [r for r in run.evals if metric in r]
+        if not pts:
+            continue
+        if key is None:
+            xs = [r["iteration"] for r in pts]
+        else:
+            cum = cumulative(run.train, key)
+            pts = [r for r in pts if r["iteration"] in cum]
+            xs = [cum[r["iteration"]] / (1e6 if x == "nfe" else 60.0) for r in pts]
+        ax.plot(xs, [r[metric] for r in pts], "o-", color=f"C{i}", label=f"{run.name} ({run.algorithm})")
+    ax.set_xlabel({"iteration": "iteration", "nfe": "model evaluations in training (millions)",
+                   "time": "training wall-clock (minutes)"}[x])
+    ax.set_ylabel("held-out pass rate" if metric == "eval/pass_rate" else f"held-out {metric[5:]}")
+    return _png(plt, fig, ax)
