@@ -9,7 +9,7 @@ import sys
 from tempflow import __version__
 from tempflow.errors import UserError
 
-SUBCOMMANDS = ("train", "sample", "verify", "eval", "pretrain")
+SUBCOMMANDS = ("train", "sample", "verify", "eval", "report", "pretrain")
 
 
 def build_parser() -> argparse.ArgumentParser:
