@@ -17,15 +17,16 @@ import numpy as np
 import torch
 
 from tempflow.config import TrainConfig
-from tempflow.grpo import group_advantages
 from tempflow.grpo.objective import ObjectiveConfig, branch_transitions, grpo_loss, trajectory_transitions
 from tempflow.models import load_model
-from tempflow.rewards import build_reward, score
+from tempflow.rewards import reward_from_config
 from tempflow.sampling import flow_sigmas, noise_aware_weights
 from tempflow.training.distributed import Dist
 from tempflow.training.ema import EMA
 from tempflow.training.prompts import PromptSet
 from tempflow.training.rollout_phase import sample_branching, sample_trajectories
+from tempflow.training.scoring import (FailureWatch, RewardScorer, component_means, gather_components,
+                                       reward_advantages, sample_and_score)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -43,7 +44,10 @@ class Trainer:
         params = self.model.trainable_parameters()
         self.optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         self.ema = EMA(params, cfg.train.ema_decay, cfg.train.ema_every)
-        self.reward = build_reward(cfg.reward.name, **cfg.reward.kwargs)
+        self.reward = reward_from_config(cfg.reward)
+        self.scorer = RewardScorer(self.model, self.reward, cfg.reward.name, cfg.reward.score_chunks,
+                                   cfg.reward.async_scoring)
+        self.failures = FailureWatch(cfg.reward.max_failed_iterations)
         self.train_set = PromptSet.load(cfg.prompts.train)
         self.eval_set = PromptSet.load(cfg.prompts.eval)
         if cfg.train.prompts_per_iteration % self.dist.world:
@@ -80,34 +84,37 @@ class Trainer:
     def iteration(self, it: int) -> dict:
         cfg, a, times = self.cfg, self.cfg.algorithm, defaultdict(float)
         counters0 = dict(self.model.counters)
-        # 1. sample: this process's share of the iteration's prompts
+        # 1. sample: this process's share of the iteration's prompts, in reward.score_chunks chunks
         positions = list(range(cfg.train.prompts_per_iteration))[self.dist.rank::self.dist.world]
         ids = self.train_set.draw(cfg.train.prompts_per_iteration, cfg.train.seed, it)
         local_ids = [ids[p] for p in positions]
         cond = self.train_cond[torch.tensor(local_ids)]
         gs = cfg.sampling.guidance_scale
-        with self._timed(times, "time/sample"), torch.no_grad():
-            if a.branching:
-                points = self.branch_points(it)
-                samples = sample_branching(self.model, cond, positions, a.seeds_per_prompt, a.num_branches,
-                                           points, self.sigmas, cfg.sampling.noise_level, gs, a.group_by,
-                                           cfg.train.seed, it)
-            else:
-                points = list(self.steps)
-                samples = sample_trajectories(self.model, cond, positions, a.group_size, points, self.sigmas,
-                                              cfg.sampling.noise_level, gs, cfg.train.seed, it)
-        # 2. score
-        prompts = [self.train_set.prompts[local_ids[r]] for r in samples.prompt_rows.tolist()]
-        with self._timed(times, "time/decode"), torch.no_grad():
-            images = torch.cat([self.model.decode_images(c) for c in samples.finals.split(256)])
-        with self._timed(times, "time/reward"):
-            rewards = score(self.reward, images, prompts)
+        points = self.branch_points(it) if a.branching else list(self.steps)
+
+        def sample(rows: slice):
+            with torch.no_grad():
+                if a.branching:
+                    return sample_branching(self.model, cond[rows], positions[rows], a.seeds_per_prompt,
+                                            a.num_branches, points, self.sigmas, cfg.sampling.noise_level, gs,
+                                            a.group_by, cfg.train.seed, it)
+                return sample_trajectories(self.model, cond[rows], positions[rows], a.group_size, points,
+                                           self.sigmas, cfg.sampling.noise_level, gs, cfg.train.seed, it)
+
+        def prompts_of(rows: slice, s) -> list[str]:
+            return [self.train_set.prompts[local_ids[rows.start + r]] for r in s.prompt_rows.tolist()]
+
+        # 2. score: each chunk is decoded and scored (worker thread) while the next one samples
+        samples, scored = sample_and_score(sample, len(positions), prompts_of, self.scorer, times)
+        images, prompts = scored.images, scored.prompts
+        rewards = self.scorer.total(scored.components)  # [N] sum_k w_k R_k, NaN: failed
         self.last_samples = (images[:16], prompts[:16], rewards[:16])  # for training grids
         self.model.counters["reward_calls"] += len(prompts)
-        # 3. advantages over the gathered batch
+        # 3. advantages over the gathered batch (several rewards: reward.combine)
         with self._timed(times, "time/advantages"):
-            all_r, all_g = self.dist.gather(rewards), self.dist.gather(samples.groups)
-            adv = group_advantages(all_r, all_g, a.std, clip=a.adv_clip)
+            all_c, all_g = gather_components(self.dist, scored.components), self.dist.gather(samples.groups)
+            all_r, adv = reward_advantages(all_c, self.scorer.weights, all_g, cfg.reward.combine, a.std, a.adv_clip)
+            self.failures.update(all_r, scored.errors)
             mine = slice(self.dist.rank * len(rewards), (self.dist.rank + 1) * len(rewards))
             advantages, valid = adv.advantages[mine], adv.valid[mine]
             self.last_batch = {"rewards": all_r, "groups": all_g, "advantages": adv.advantages}
@@ -139,6 +146,7 @@ class Trainer:
                   "reward/mean": float(finite.mean()) if finite.numel() else float("nan"),
                   "reward/std": float(finite.std(unbiased=False)) if finite.numel() else float("nan"),
                   "frac_reward_zero_std": adv.frac_zero_std, "reward/failed": adv.num_failed,
+                  **component_means(all_c),
                   "rollout/nonfinite": nonfinite,
                   **train_stats, **{f"count/{k}": v for k, v in counters.items()}, **times}
         if a.branching:
