@@ -9,7 +9,7 @@ import sys
 from tempflow import __version__
 from tempflow.errors import UserError
 
-SUBCOMMANDS = ("train", "sample", "verify", "eval", "report", "pretrain")
+SUBCOMMANDS = ("train", "sample", "verify", "eval", "report", "pretrain", "serve-reward")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tempflow {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
-        module = __import__(f"tempflow.cli.{name}_cmd", fromlist=["add_parser"])
+        module = __import__(f"tempflow.cli.{name.replace('-', '_')}_cmd", fromlist=["add_parser"])
         module.add_parser(sub)
     return parser
 
