@@ -1,0 +1,245 @@
+"""Sample efficiency on the shapes world: the 2 x 2 ablation and cheaper branching, over seeds.
+
+    python benchmarks/sample_efficiency.py [--iterations N] [--seeds 3] [--variants ...]
+        [--config configs/shapes-tempflow.yaml] [--set key=value ...] [--out runs/sample-efficiency]
+    python benchmarks/sample_efficiency.py --summarise-only --out runs/sample-efficiency
+
+Every variant is the preset (``--config``, read with :func:`tempflow.config.load_config`)
+plus only the overrides that define it, so the preset's tuned values (steps, lr, KL, batch,
+...) are shared by all: Flow-GRPO (no branching, no weighting), branching only, weighting
+only, TempFlow-GRPO; and the cheaper branching variants, TempFlow-GRPO with r = 1 or 2 random
+branch points per iteration and with all trained steps. Same number of iterations, same prompts
+per iteration, and for a given seed the same prompts in every iteration (the draw depends on
+the seed and iteration only). Shorter ODE continuations for branch rewards are not offered by
+the config (a branch always continues to sigma = 0), so they are not among the variants.
+
+Each (variant, seed) is a normal training run under ``--out/<variant>/seed<k>`` (a finished run
+with the same config is reused, so an interrupted benchmark continues). Written to ``--out``:
+results.md (held-out pass rate at every evaluation, mean +- std over seeds; iterations to reach
+the seed's base pass rate + each ``--gains``; model evaluations and wall-clock per iteration;
+pass-rate gain per million model evaluations), summary.json, and pass_rate_vs_{iterations,
+nfe,wallclock}.png (mean over seeds, band +- std).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+try:
+    import tempflow  # noqa: F401
+except ImportError:  # running from a checkout without installing
+    sys.path.insert(0, str(ROOT / "src"))
+
+ABLATION = {
+    "flowgrpo": ["algorithm.branching=false", "algorithm.weighting=false"],
+    "branching-only": ["algorithm.branching=true", "algorithm.weighting=false"],
+    "weighting-only": ["algorithm.branching=false", "algorithm.weighting=true"],
+    "tempflow": ["algorithm.branching=true", "algorithm.weighting=true"],
+}
+CHEAPER = {
+    "tempflow-r1": ABLATION["tempflow"] + ["algorithm.branch_points=1"],
+    "tempflow-r2": ABLATION["tempflow"] + ["algorithm.branch_points=2"],
+    "tempflow-all": ABLATION["tempflow"] + ["algorithm.branch_points=all"],
+}
+VARIANTS = {**ABLATION, **CHEAPER}
+
+
+# ---------------------------------------------------------------------------- running
+
+def run_config(preset: str, variant: str, seed: int, out: Path, iterations: int | None, extra: list[str]):
+    """The TrainConfig of one (variant, seed) run."""
+    from tempflow.config import load_config
+
+    sets = [*VARIANTS[variant], *extra, f"train.seed={seed}", f"run.out={out / variant / f'seed{seed}'}"]
+    if iterations is not None:
+        sets.append(f"train.iterations={iterations}")
+    return load_config(ROOT / preset if not Path(preset).is_absolute() else preset, sets)
+
+
+def finished(cfg) -> bool:
+    """The run folder holds this config and its final evaluation."""
+    from tempflow.config import diff_configs, load_config
+
+    path = Path(cfg.run.out)
+    if not (path / "config.yaml").is_file() or not (path / "metrics.jsonl").is_file():
+        return False
+    if [k for k in diff_configs(load_config(path / "config.yaml"), cfg) if k != "run.overwrite"]:
+        return False
+    records = [json.loads(l) for l in (path / "metrics.jsonl").read_text().splitlines() if l.strip()]
+    return any(r.get("iteration") == cfg.train.iterations and "eval/pass_rate" in r for r in records)
+
+
+def run_all(args) -> None:
+    """Train every (variant, seed) not finished yet."""
+    import dataclasses
+
+    from tempflow.training.loop import train
+
+    for variant in args.variants:
+        for seed in range(args.seeds):
+            cfg = run_config(args.config, variant, seed, Path(args.out), args.iterations, args.overrides)
+            if cfg.run.eval_every == 0:
+                raise SystemExit("run.eval_every is 0: the benchmark needs held-out evaluations")
+            if finished(cfg):
+                print(f"{variant} seed {seed}: reusing {cfg.run.out}", file=sys.stderr)
+                continue
+            cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, overwrite=True))
+            t0 = time.time()
+            train(cfg, progress=False)
+            print(f"{variant} seed {seed}: {time.time() - t0:.0f} s", file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------- summarising
+
+def curves(path: Path) -> dict:
+    """One run's evaluations: iteration, pass rate, model evaluations and seconds spent before."""
+    from tempflow.report.runs import cumulative, load_run
+
+    run = load_run(path)
+    nfe, secs = cumulative(run.train, "count/nfe"), cumulative(run.train, "time/iteration")
+    ev = [e for e in run.evals if "eval/pass_rate" in e and e["iteration"] in nfe]
+    return {"iteration": [e["iteration"] for e in ev], "pass_rate": [e["eval/pass_rate"] for e in ev],
+            "nfe": [nfe[e["iteration"]] for e in ev], "seconds": [secs[e["iteration"]] for e in ev],
+            "nfe_per_iteration": statistics.mean(float(r["count/nfe"]) for r in run.train),
+            "s_per_iteration": statistics.mean(float(r["time/iteration"]) for r in run.train)}
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and population std (0 for one value)."""
+    return statistics.mean(values), statistics.pstdev(values) if len(values) > 1 else 0.0
+
+
+def fmt(values: list[float], digits: int = 3) -> str:
+    m, s = mean_std(values)
+    return f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def first_reaching(c: dict, target: float) -> int | None:
+    """First evaluated iteration whose pass rate is >= target (None: never)."""
+    return next((i for i, p in zip(c["iteration"], c["pass_rate"]) if p >= target - 1e-9), None)
+
+
+def summarise(out: Path, variants: list[str], gains: list[float]) -> dict:
+    """{variant: per-seed curves and the table rows} for every variant with finished runs."""
+    result = {}
+    for v in variants:
+        seeds = sorted((out / v).glob("seed*")) if (out / v).is_dir() else []
+        runs = [curves(s) for s in seeds if (s / "metrics.jsonl").is_file()]
+        runs = [r for r in runs if r["iteration"]]
+        if not runs:
+            continue
+        n = min(len(r["iteration"]) for r in runs)  # evaluations all seeds reached
+        its = runs[0]["iteration"][:n]
+        gain = [(r["pass_rate"][n - 1] - r["pass_rate"][0]) / (r["nfe"][n - 1] / 1e6) if r["nfe"][n - 1] else 0.0
+                for r in runs]
+        reach = {g: [first_reaching(r, r["pass_rate"][0] + g) for r in runs] for g in gains}
+        result[v] = {"seeds": len(runs), "iterations": its, "runs": runs,
+                     "pass_rate": [[r["pass_rate"][i] for r in runs] for i in range(n)],
+                     "nfe_per_iteration": [r["nfe_per_iteration"] for r in runs],
+                     "s_per_iteration": [r["s_per_iteration"] for r in runs],
+                     "gain_per_mnfe": gain, "reach": reach}
+    return result
+
+
+def markdown(res: dict, gains: list[float]) -> str:
+    """results.md: three tables."""
+    lines = []
+    its = sorted({i for v in res.values() for i in v["iterations"]})
+    lines += ["Held-out pass rate (mean ± std over seeds) after each number of iterations:", "",
+              "| variant | seeds | " + " | ".join(f"it {i}" for i in its) + " |",
+              "|---|---:|" + "---:|" * len(its)]
+    for v, r in res.items():
+        cells = {i: fmt(p) for i, p in zip(r["iterations"], r["pass_rate"])}
+        lines.append(f"| {v} | {r['seeds']} | " + " | ".join(cells.get(i, "–") for i in its) + " |")
+    lines += ["", "Iterations until the held-out pass rate first reaches the seed's base pass rate + gain "
+              "(mean ± std over the seeds that reached it; reached/seeds):", "",
+              "| variant | " + " | ".join(f"+{g:.2f}" for g in gains) + " |", "|---|" + "---:|" * len(gains)]
+    for v, r in res.items():
+        cells = []
+        for g in gains:
+            hit = [x for x in r["reach"][g] if x is not None]
+            cells.append(f"{fmt(hit, 0) if hit else 'not reached'} ({len(hit)}/{r['seeds']})")
+        lines.append(f"| {v} | " + " | ".join(cells) + " |")
+    ref = res.get("flowgrpo")
+    lines += ["", "Cost, and pass-rate gain per model evaluation (first to last common evaluation):", "",
+              "| variant | model evals / iteration | vs flowgrpo | s / iteration | pass-rate gain per 1M model evals |",
+              "|---|---:|---:|---:|---:|"]
+    for v, r in res.items():
+        rel = (f"{statistics.mean(r['nfe_per_iteration']) / statistics.mean(ref['nfe_per_iteration']):.2f}x"
+               if ref else "–")
+        lines.append(f"| {v} | {fmt(r['nfe_per_iteration'], 0)} | {rel} | {fmt(r['s_per_iteration'], 2)} | "
+                     f"{fmt(r['gain_per_mnfe'], 3)} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(res: dict, x: str, path: Path) -> None:
+    """Mean pass rate over seeds against x (iterations, nfe, wallclock), band +- std."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for i, (v, r) in enumerate(res.items()):
+        n = len(r["iterations"])
+        p = np.array(r["pass_rate"])  # [evaluations, seeds]
+        if x == "iterations":
+            xs = np.array(r["iterations"], float)
+        else:
+            key, scale = ("nfe", 1e6) if x == "nfe" else ("seconds", 60.0)
+            xs = np.array([[run[key][k] for run in r["runs"]] for k in range(n)]).mean(1) / scale
+        ls = "-" if v in ABLATION else "--"
+        ax.plot(xs, p.mean(1), ls, marker="o", ms=3, color=f"C{i}", label=v)
+        ax.fill_between(xs, p.mean(1) - p.std(1), p.mean(1) + p.std(1), color=f"C{i}", alpha=0.15)
+    ax.set_xlabel({"iterations": "iteration", "nfe": "model evaluations in training (millions)",
+                   "wallclock": "training wall-clock (minutes)"}[x])
+    ax.set_ylabel("held-out pass rate")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_summary(out: Path, variants: list[str], gains: list[float]) -> dict:
+    res = summarise(out, variants, gains)
+    if not res:
+        raise SystemExit(f"no finished runs under {out}")
+    (out / "results.md").write_text(markdown(res, gains))
+    (out / "summary.json").write_text(json.dumps(res, indent=1, default=str) + "\n")
+    for x in ("iterations", "nfe", "wallclock"):
+        plot(res, x, out / f"pass_rate_vs_{x}.png")
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--config", default="configs/shapes-tempflow.yaml", help="preset every variant starts from")
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--seeds", type=int, default=3, help="training seeds 0..N-1 per variant")
+    ap.add_argument("--iterations", type=int, default=None, help="iterations per run (default: the preset's)")
+    ap.add_argument("--gains", type=float, nargs="+", default=[0.05, 0.10],
+                    help="thresholds: the seed's base pass rate plus these")
+    ap.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="config overrides for every run (e.g. run.eval_every=10)")
+    ap.add_argument("--out", default="runs/sample-efficiency", help="folder for the runs and the results")
+    ap.add_argument("--summarise-only", action="store_true", help="only (re)write the results of finished runs")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not args.summarise_only:
+        run_all(args)
+    write_summary(out, args.variants, sorted(args.gains))
+    print((out / "results.md").read_text())
+    print(f"wrote {out}/results.md, summary.json and pass_rate_vs_{{iterations,nfe,wallclock}}.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
