@@ -7,8 +7,9 @@ then ``--iterations`` measured ones of :class:`tempflow.training.trainer.Trainer
 preset with :func:`tempflow.config.load_config`. Per iteration it reports the trainer's phase
 times (sampling, decode and reward, which run in a worker thread while the next chunk samples,
 the main thread's wait for them, advantages, training) with the training phase split into
-policy forward (with gradient), reference forward, backward, optimiser (AdamW, gradient clip
-excluded, EMA) and the rest; the cost of logging a record (metrics.jsonl + TensorBoard, and the
+policy forward with gradient, forward without gradient (CFG's detached unconditional half and
+the KL's reference policy), backward, optimiser (AdamW and EMA; gradient clip excluded) and
+the rest; the cost of logging a record (metrics.jsonl + TensorBoard, and the
 reward plot amortised over the 5 iterations between plots); model evaluations (a CFG call
 counts 2); samples per second; peak memory (RSS on CPU, ``torch.cuda.max_memory_allocated`` on
 GPU); and the share of wall time spent inside the model's forward and backward passes.
@@ -52,8 +53,9 @@ VARIANTS = {
 
 
 class Probe:
-    """Wall time inside the transformer's forward (with / without gradient, and during the
-    training phase), inside backward, and inside optimiser + EMA steps."""
+    """Wall time inside the transformer's forward (with gradient; without gradient during the
+    training phase: CFG's unconditional half and the reference policy; without gradient
+    elsewhere: sampling), inside backward, and inside optimiser + EMA steps."""
 
     def __init__(self, cuda: bool):
         self.cuda = cuda
@@ -69,7 +71,7 @@ class Probe:
     def attach(self, module: torch.nn.Module) -> None:
         def pre(mod, args):
             kind = "forward_grad" if torch.is_grad_enabled() else (
-                "forward_ref" if self.in_train else "forward_nograd")
+                "forward_train_nograd" if self.in_train else "forward_nograd")
             self._start.append((self._now(), kind))
 
         def post(mod, args, out):
@@ -162,7 +164,7 @@ def measure(name: str, iterations: int, warmup: int, extra: list[str]) -> dict:
                              "wall": wall + log_s, "time/logging": log_s})
     run.close()
     mean = {k: sum(r.get(k, 0.0) for r in rows) / len(rows) for k in rows[0]}
-    model_s = sum(mean.get(f"probe/{k}", 0.0) for k in ("forward_grad", "forward_ref", "forward_nograd", "backward"))
+    model_s = sum(mean.get(f"probe/{k}", 0.0) for k in ("forward_grad", "forward_train_nograd", "forward_nograd", "backward"))
     return {"variant": name, **mean, "samples_per_s": mean["count/decodes"] / mean["wall"],
             "model_share": model_s / mean["wall"], "peak_mb": peak_memory_mb(cuda),
             "device": str(trainer.model.device), "threads": torch.get_num_threads()}
@@ -173,7 +175,7 @@ COLUMNS = [  # (header, key, format)
     ("decode*", "time/decode", "{:.3f}"), ("reward*", "time/reward", "{:.3f}"),
     ("score wait", "time/score_wait", "{:.3f}"), ("advantages", "time/advantages", "{:.3f}"),
     ("train", "time/train", "{:.2f}"), ("train fwd", "probe/forward_grad", "{:.2f}"),
-    ("ref fwd", "probe/forward_ref", "{:.2f}"), ("backward", "probe/backward", "{:.2f}"),
+    ("train fwd no-grad", "probe/forward_train_nograd", "{:.2f}"), ("backward", "probe/backward", "{:.2f}"),
     ("optimiser", "probe/optimizer", "{:.3f}"), ("logging", "time/logging", "{:.3f}"),
     ("model evals", "count/nfe", "{:.0f}"), ("grad evals", "count/nfe_grad", "{:.0f}"),
     ("samples/s", "samples_per_s", "{:.1f}"), ("peak MiB", "peak_mb", "{:.0f}"),
