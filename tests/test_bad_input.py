@@ -264,6 +264,20 @@ def test_overwrite_replaces_only_run_files(world, capsys):
     assert "overwrite: false" in (run / "config.yaml").read_text()
 
 
+def test_resume_may_extend_a_finished_run(world, capsys):
+    """The allowed change: more iterations. The finished 3-iteration run continues to 4."""
+    from tempflow.cli.main import main
+
+    run = world["tmp"] / "extended"
+    shutil.copytree(world["run"], run)
+    code = main(["train", "--resume", str(run), "--set", "train.iterations=4", "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    records = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in records] == [0, 1, 2, 3]
+    assert "iterations: 4" in (run / "config.yaml").read_text()
+    assert (run / "checkpoints" / "iter_000004").is_dir()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("case_id", ["unknown-key", "model-arch"])
 def test_real_process_prints_no_traceback(case_id, world):

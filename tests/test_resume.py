@@ -314,3 +314,19 @@ def test_two_processes_killed_and_resumed_match(reference):
                        weights_only=True)
     assert len(state["rng"]) == 2  # both processes' generators are saved
     assert_same_run(root / "two-ref", root / "two-cut")
+
+
+def test_kl_stop_ends_the_run_with_a_checkpoint(tmp_path, monkeypatch):
+    """run.kl_stop below the first iteration's KL: the run stops after iteration 1 with a
+    checkpoint there and the LoRA exported, and the metrics hold that KL."""
+    from tempflow.training.loop import train
+
+    monkeypatch.syspath_prepend(str(WORKERS))
+    cfg = config_from_dict(run_config(tmp_path, make_tiny_model(tmp_path / "tiny"), "kl", kl_stop=1e-30,
+                                      eval_every=0))
+    run = train(cfg, progress=False)
+    assert run.stopped[:2] == ("kl", 1)
+    assert [i for i, _ in ck.list_checkpoints(run.path / "checkpoints")] == [1]
+    assert (run.path / "lora" / "pytorch_lora_weights.safetensors").is_file()
+    kl = [r["train/kl"] for r in run.history if "train/kl" in r]
+    assert len(kl) == 1 and kl[0] > 1e-30

@@ -202,14 +202,15 @@ def verify(path: Path) -> Checkpoint:
     return Checkpoint(path, iteration, meta)
 
 
-def latest_checkpoint(root: Path) -> Checkpoint | None:
+def latest_checkpoint(root: Path, report: bool = True) -> Checkpoint | None:
     """The newest valid checkpoint in ``root`` (None if there is none); each damaged newer one
-    is reported with a warning and skipped."""
+    is skipped, with a warning if ``report``."""
     for _, path in list_checkpoints(root):
         try:
             return verify(path)
         except DamagedCheckpoint as e:
-            warn(f"checkpoint {path} is damaged ({e}); trying the one before it")
+            if report:
+                warn(f"checkpoint {path} is damaged ({e}); trying the one before it")
     return None
 
 

@@ -98,7 +98,7 @@ def _export_lora(trainer: Trainer, run: RunDir) -> None:
 def restore(trainer: Trainer, run: RunDir, dist: Dist) -> tuple[int, int, object]:
     """Load the newest valid checkpoint of ``run``: (iterations done, non-finite streak, its
     folder or None). Without one the run starts again from iteration 0."""
-    found = ckpt_io.latest_checkpoint(run.path / ckpt_io.FOLDER)
+    found = ckpt_io.latest_checkpoint(run.path / ckpt_io.FOLDER, report=dist.is_main)
     if found is None:
         if dist.is_main:
             ckpt_io.warn(f"no valid checkpoint in {run.path / ckpt_io.FOLDER}; starting from iteration 0")

@@ -32,10 +32,11 @@ def check_resume_changes(saved, cfg) -> None:
     """UserError if ``cfg`` differs from the run's ``saved`` config outside RESUMABLE_KEYS."""
     from tempflow.config import diff_configs
 
-    bad = [k for k in diff_configs(saved, cfg) if not k.startswith(RESUMABLE_KEYS)]
+    bad = [k for k in diff_configs(saved, cfg) if not k.startswith(RESUMABLE_KEYS) or k == "run.overwrite"]
     if bad:
         raise UserError(f"cannot change {', '.join(bad)} when resuming (only train.iterations and "
-                        f"run.* may change); start a new run with another run.out instead")
+                        f"run.* other than run.overwrite may change); start a new run with another "
+                        f"run.out instead")
 
 
 def check_new_run(path: Path, cfg) -> None:
