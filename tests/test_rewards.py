@@ -124,6 +124,8 @@ def test_weighted_reward_sums_components():
         build_reward("weighted", components=[{"name": "brightness"}, {"name": "brightness"}])
     with pytest.raises(UserError, match="reward.combine"):
         build_reward("weighted", components=[{"name": "brightness"}], combine="average")
+    with pytest.raises(UserError, match="needs its components"):
+        build_reward("weighted")
 
 
 def test_reward_from_config():

@@ -73,8 +73,12 @@ def component_from_spec(spec: Mapping[str, Any] | Any) -> Component:
 
 
 @register("weighted")
-def weighted(components: Sequence[Mapping[str, Any]], combine: str = "sum_then_normalise") -> WeightedReward:
+def weighted(components: Sequence[Mapping[str, Any]] | None = None,
+             combine: str = "sum_then_normalise") -> WeightedReward:
     """Weighted sum of rewards, each {name, weight (1.0), kwargs ({}), label (the name)}."""
+    if not components:
+        raise UserError("reward 'weighted' needs its components: build it from the config's reward "
+                        "section (tempflow.rewards.reward_from_config) or pass components=[{name: ...}]")
     return WeightedReward([component_from_spec(c) for c in components], combine)
 
 
