@@ -73,7 +73,7 @@ def save(trainer: Trainer, run: RunDir, dist: Dist, done: int, streak: int):
         tensors = {**{f"params.{k}": v for k, v in sd["params"].items()},
                    **{f"ema.{k}": v for k, v in sd["ema"].items()}}
         state = {"optimizer": sd["optimizer"], "ema_steps": sd["ema_steps"], "rng": rngs,
-                 "nonfinite_streak": streak}
+                 "nonfinite_streak": streak, "reward_failure_streak": sd["reward_failure_streak"]}
         meta = {"metrics_bytes": run.metrics_bytes(), "world": dist.world}
         path = ckpt_io.save_checkpoint(run.path / ckpt_io.FOLDER, done, tensors, state, meta,
                                        cfg.run.keep_checkpoints)
@@ -107,7 +107,8 @@ def restore(trainer: Trainer, run: RunDir, dist: Dist) -> tuple[int, int, object
     tensors, state = ckpt_io.load_checkpoint(found)
     sd = {"params": {k[7:]: v for k, v in tensors.items() if k.startswith("params.")},
           "ema": {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")},
-          "ema_steps": state["ema_steps"], "optimizer": state["optimizer"]}
+          "ema_steps": state["ema_steps"], "optimizer": state["optimizer"],
+          "reward_failure_streak": state.get("reward_failure_streak", 0)}
     trainer.load_state_dict(sd, source=f"checkpoint {found.path}")
     rngs = state["rng"]
     if len(rngs) != dist.world and dist.is_main:

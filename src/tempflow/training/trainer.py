@@ -211,11 +211,13 @@ class Trainer:
 
     def state_dict(self) -> dict:
         """What an exact resume needs besides the config and the random generators:
-        params / ema (name -> tensor: trainable weights, EMA shadow), ema_steps, optimizer."""
+        params / ema (name -> tensor: trainable weights, EMA shadow), ema_steps, optimizer,
+        reward_failure_streak (iterations in a row whose rewards all failed)."""
         params = self._named_trainable()
         return {"params": {n: p.detach().clone() for n, p in params.items()},
                 "ema": {n: s.clone() for n, s in zip(params, self.ema.shadow)},
-                "ema_steps": self.ema.steps, "optimizer": self.optimizer.state_dict()}
+                "ema_steps": self.ema.steps, "optimizer": self.optimizer.state_dict(),
+                "reward_failure_streak": self.failures.streak}
 
     def load_state_dict(self, sd: dict, source: str = "checkpoint") -> None:
         """Restore :meth:`state_dict`; UserError naming ``source`` if the weights do not fit."""
@@ -236,6 +238,7 @@ class Trainer:
                 s.copy_(sd["ema"][n])
         self.ema.steps = int(sd["ema_steps"])
         self.optimizer.load_state_dict(sd["optimizer"])
+        self.failures.streak = int(sd.get("reward_failure_streak", 0))
 
     @contextmanager
     def _timed(self, times: dict, key: str):
