@@ -25,8 +25,10 @@ def save_lora(ckpt, folder, init):
     return folder
 
 
-def make_run(tmp_path, ckpt, lora=True, eval_steps=3):
+def make_run(tmp_path, ckpt, lora=True, eval_steps=3, reward=None):
     cfg = config_to_dict(TrainConfig())
+    if reward is not None:
+        cfg["reward"].update(reward)
     run = tmp_path / "run"
     cfg["model"]["name"] = str(ckpt)
     cfg["model"]["lora"] = {"rank": 4, "alpha": 4.0} if lora else None
@@ -91,6 +93,24 @@ def test_eval_run_folder_writes_json_grids_and_table(tmp_path, tiny_shapes_check
     mean = sum(r["reward"] for r in data["images"]) / len(data["images"])
     assert data["summary"]["eval/reward"] == pytest.approx(mean, abs=1e-4)
     assert "overall" in printed and f"reward (shapes): mean {data['summary']['eval/reward']:.4f}" in printed
+
+
+def test_eval_of_a_weighted_reward_run_scores_with_the_weighted_reward(tmp_path, tiny_shapes_checkpoint):
+    # 0.5 * dense shapes + 2 * brightness: the eval mean is that sum, not either component alone
+    run = make_run(tmp_path, tiny_shapes_checkpoint, reward={"name": "weighted", "components": [
+        {"name": "shapes", "weight": 0.5}, {"name": "brightness", "weight": 2.0}]})
+    out = tmp_path / "ev"
+    assert main(["eval", str(run), "--num", "1", "--out", str(out)]) == 0
+    data = json.loads((out / "eval.json").read_text())
+    assert data["reward"] == "weighted"
+    from tempflow.models import load_model
+    from tempflow.rewards import build_reward
+    model = load_model(str(tiny_shapes_checkpoint))
+    model.load_lora(run / "lora")
+    res = evaluate_prompts(model, PromptSet.load("shapes:heldout"), build_reward("brightness"), 1, 3,
+                           3.0, 3.0, 0, verify=True)
+    expected = 0.5 * res.score.mean() + 2.0 * res.reward.mean()
+    assert data["summary"]["eval/reward"] == pytest.approx(float(expected), abs=1e-4)
 
 
 def test_flags_override_the_run_config(tmp_path, tiny_shapes_checkpoint):

@@ -71,7 +71,7 @@ def run(args) -> int:
     from tempflow.errors import UserError
     from tempflow.evaluation import evaluate_prompts, resolve_target, write_eval
     from tempflow.models import load_model, model_family
-    from tempflow.rewards import build_reward
+    from tempflow.rewards import build_reward, reward_from_config
     from tempflow.training.prompts import PromptSet
 
     target = resolve_target(args.target, args.model, args.lora)
@@ -89,7 +89,10 @@ def run(args) -> int:
     set_threads()
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     t0 = time.time()
-    reward = build_reward(s["reward"], **s["reward_kwargs"]) if s["reward"] else None
+    if args.reward is None and target.config is not None:
+        reward = reward_from_config(target.config.reward)  # the run's reward, weighted ones too
+    else:
+        reward = build_reward(s["reward"], **s["reward_kwargs"]) if s["reward"] else None
     model = load_model(target.model, device=device)
     if target.lora:
         model.load_lora(target.lora)
