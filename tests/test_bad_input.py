@@ -10,12 +10,14 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+
+from tempflow.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -245,7 +247,8 @@ def test_nan_loss_skips_steps_and_keeps_weights_finite(world, capsys, monkeypatc
     code, err = run_case(case, world, capsys, monkeypatch)
     assert code == 2 and "checkpoint" in err and "iter_000001" in err, err
     records = [json.loads(l) for l in (world["fresh"] / "metrics.jsonl").read_text().splitlines()]
-    assert [r["train/skipped_steps"] for r in records] == [2, 2]  # 2 minibatches per iteration
+    mb = TrainConfig().train.minibatches  # every optimizer step of both iterations is skipped
+    assert [r["train/skipped_steps"] for r in records] == [mb, mb]
     weights = load_file(str(world["fresh"] / "checkpoints" / "iter_000001" / "weights.safetensors"))
     assert all(torch.isfinite(v).all() for v in weights.values())
     assert all((v == 0).all() for k, v in weights.items() if "lora_B" in k)  # never stepped

@@ -49,7 +49,7 @@ def test_shapes_flowgrpo_preset_changes_only_the_algorithm():
     b = load_config(ROOT / "configs/shapes-flowgrpo.yaml", [])
     assert diff_configs(a, b) == ["algorithm.branching", "algorithm.weighting", "algorithm.beta",
                                   "algorithm.kl_std", "run.out"]
-    assert (b.algorithm.beta, b.algorithm.kl_std, b.algorithm.group_size) == (0.04, "g", 8)
+    assert (b.algorithm.beta, b.algorithm.kl_std, b.algorithm.group_size) == (0.4, "g", 8)
 
 
 def test_sd35m_presets_follow_the_paper():

@@ -44,7 +44,8 @@ def run_config(root: Path, model: Path, out: str, **run) -> dict:
         "model": {"name": str(model), "lora": {"rank": 2, "alpha": 2}},
         "sampling": {"steps": 5, "eval_steps": 3},
         "algorithm": {"num_branches": 2, "seeds_per_prompt": 1, "clip_range": 0.2, "branch_points": 2},
-        "train": {"iterations": ITERATIONS, "prompts_per_iteration": 2, "lr": 0.01, "ema_every": 1},
+        "train": {"iterations": ITERATIONS, "prompts_per_iteration": 2, "lr": 0.01, "ema_every": 1,
+                  "minibatches": 2},  # 2: KL and ratio move within an iteration
         "reward": {"name": "resume_rewards:brightness"},
         "prompts": {"eval": str(root / "eval.txt")},
         "run": {"out": str(root / out), "eval_every": 3, "eval_images_per_prompt": 1, "save_every": 2,

@@ -1,7 +1,6 @@
 """Remote rewards: a server on 127.0.0.1 and the client, the wire format, bad requests,
 a server that is down or slow, and `tempflow serve-reward` end to end."""
 
-import base64
 import json
 import socket
 import subprocess

@@ -86,7 +86,7 @@ class Trainer:
         counters0 = dict(self.model.counters)
         # 1. sample: this process's share of the iteration's prompts, in reward.score_chunks chunks
         positions = list(range(cfg.train.prompts_per_iteration))[self.dist.rank::self.dist.world]
-        ids = self.train_set.draw(cfg.train.prompts_per_iteration, cfg.train.seed, it)
+        ids = self.train_set.draw(cfg.train.prompts_per_iteration, cfg.train.seed, it, cfg.prompts.balance)
         local_ids = [ids[p] for p in positions]
         cond = self.train_cond[torch.tensor(local_ids)]
         gs = cfg.sampling.guidance_scale
