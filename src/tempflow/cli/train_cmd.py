@@ -63,7 +63,9 @@ def run(args) -> int:
     first = next((r for r in run_dir.history if "eval/pass_rate" in r), None)
     if first is not None and last is not None:
         print(f"held-out pass rate: {first['eval/pass_rate']:.3f} (iteration {first['iteration']}) -> "
-              f"{last['eval/pass_rate']:.3f} (iteration {last['iteration']})")
+              f"{last['eval/pass_rate']:.3f} (iteration {last['iteration']}), "
+              f"{cfg.run.eval_images_per_prompt} images per prompt; for a tighter estimate: "
+              f"tempflow eval {run_dir.path} --num 32")
     print(f"wrote {run_dir.path}")
     if run_dir.stopped is None:
         return 0
