@@ -32,7 +32,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     a, pa, rows = first_per_prompt(args.before, args.category, args.per_prompt)
-    b, pb, rows_b = first_per_prompt(args.after, args.category, args.per_prompt)
+    b, pb, _ = first_per_prompt(args.after, args.category, args.per_prompt)
     if pa != pb:
         raise SystemExit("the two folders hold different prompts: evaluate both with the same prompts")
     n = args.per_prompt

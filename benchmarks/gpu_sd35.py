@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -41,6 +40,7 @@ except ImportError:  # running from a checkout without installing
 
 from tempflow.models.base import Conditioning, FlowModel  # noqa: E402
 from tempflow.models.lora import TransformerAdapterMixin  # noqa: E402
+from tempflow.utils.child_process import emit_result, run_child  # noqa: E402
 
 # stabilityai/stable-diffusion-3.5-medium, transformer/config.json (public)
 SD35_MEDIUM = dict(sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=24,
@@ -262,7 +262,7 @@ def parse(argv):
 def main(argv: list[str] | None = None) -> int:
     a = parse(argv)
     if a.one:
-        print("RESULT " + json.dumps(measure(a.one, a)))
+        emit_result(measure(a.one, a))
         return 0
     passthrough = [x for x in (argv if argv is not None else sys.argv[1:])]
     skip = {"--algorithms", "--json"}
@@ -277,13 +277,10 @@ def main(argv: list[str] | None = None) -> int:
         i += 1
     results = []
     for algo in a.algorithms:
-        res = subprocess.run([sys.executable, __file__, "--one", algo, *args], capture_output=True, text=True,
-                             env=os.environ)
-        line = next((l for l in res.stdout.splitlines() if l.startswith("RESULT ")), None)
-        if res.returncode != 0 or line is None:
-            print(f"{algo} failed:\n{res.stderr[-3000:]}", file=sys.stderr)
+        result = run_child([sys.executable, __file__, "--one", algo, *args], dict(os.environ), algo)
+        if result is None:
             return 1
-        results.append(json.loads(line[len("RESULT "):]))
+        results.append(result)
     r = results[0]
     print(f"{r['device']}, {a.dtype}, transformer {r['params_m']:.1f}M parameters + LoRA r {a.rank}, "
           f"{a.prompts} prompt(s) per iteration, mean of {a.iterations} iteration(s) after a warm-up")

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,6 +40,7 @@ except ImportError:  # running from a checkout without installing
     sys.path.insert(0, str(ROOT / "src"))
 
 from tempflow.training.trainer import Trainer  # noqa: E402
+from tempflow.utils.child_process import emit_result, run_child  # noqa: E402
 
 # name: (preset, overrides, naive per-branch training)
 VARIANTS = {
@@ -203,18 +203,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # child process: one variant
     args = ap.parse_args(argv)
     if args.one:
-        print("RESULT " + json.dumps(measure(args.one, args.iterations, args.warmup, args.overrides)))
+        emit_result(measure(args.one, args.iterations, args.warmup, args.overrides))
         return 0
     results = []
     for name in args.variants:
         cmd = [sys.executable, __file__, "--one", name, "--iterations", str(args.iterations),
                "--warmup", str(args.warmup), "--set", *args.overrides]
-        res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
-        line = next((l for l in res.stdout.splitlines() if l.startswith("RESULT ")), None)
-        if res.returncode != 0 or line is None:
-            print(f"{name} failed:\n{res.stderr[-3000:]}", file=sys.stderr)
+        result = run_child(cmd, {**os.environ, "TQDM_DISABLE": "1"}, name)
+        if result is None:
             return 1
-        results.append(json.loads(line[len("RESULT "):]))
+        results.append(result)
         print(f"{name}: {results[-1]['wall']:.2f} s/iteration", file=sys.stderr)
     r0 = results[0]
     print(f"device {r0['device']}, {r0['threads']} threads, {args.iterations} measured iterations "
