@@ -1,6 +1,6 @@
 """Sample efficiency on the shapes world: the 2 x 2 ablation and cheaper branching, over seeds.
 
-    python benchmarks/sample_efficiency.py [--iterations N] [--seeds 3] [--variants ...]
+    python benchmarks/sample_efficiency.py [--iterations N] [--seeds 3] [--variants ...] [--jobs J]
         [--config configs/shapes-tempflow.yaml] [--set key=value ...] [--out runs/sample-efficiency]
     python benchmarks/sample_efficiency.py --summarise-only --out runs/sample-efficiency
 
@@ -8,10 +8,13 @@ Every variant is the preset (``--config``, read with :func:`tempflow.config.load
 plus only the overrides that define it, so the preset's tuned values (steps, lr, KL, batch,
 ...) are shared by all: Flow-GRPO (no branching, no weighting), branching only, weighting
 only, TempFlow-GRPO; and the cheaper branching variants, TempFlow-GRPO with r = 1 or 2 random
-branch points per iteration and with all trained steps. Same number of iterations, same prompts
+branch points per iteration, with all trained steps, and with each branch's ODE continuation
+to sigma = 0 cut to 3 steps (``algorithm.continuation_steps``). Same number of iterations, same prompts
 per iteration, and for a given seed the same prompts in every iteration (the draw depends on
-the seed and iteration only). Shorter ODE continuations for branch rewards are not offered by
-the config (a branch always continues to sigma = 0), so they are not among the variants.
+the seed and iteration only). ``--jobs J`` trains J runs at a time as ``tempflow train`` child
+processes with cores / J threads each (on few cores this gets more runs done per hour than one
+run using every core; the wall-clock figures are then those of a run sharing the machine, and
+results.md says so).
 
 Each (variant, seed) is a normal training run under ``--out/<variant>/seed<k>`` (a finished run
 with the same config is reused, so an interrupted benchmark continues). Written to ``--out``:
@@ -25,7 +28,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -46,20 +51,30 @@ CHEAPER = {
     "tempflow-r1": ABLATION["tempflow"] + ["algorithm.branch_points=1"],
     "tempflow-r2": ABLATION["tempflow"] + ["algorithm.branch_points=2"],
     "tempflow-all": ABLATION["tempflow"] + ["algorithm.branch_points=all"],
+    "tempflow-c3": ABLATION["tempflow"] + ["algorithm.continuation_steps=3"],
 }
 VARIANTS = {**ABLATION, **CHEAPER}
 
 
 # ---------------------------------------------------------------------------- running
 
+def preset_path(preset: str) -> Path:
+    return Path(preset) if Path(preset).is_absolute() else ROOT / preset
+
+
+def run_sets(variant: str, seed: int, out: Path, iterations: int | None, extra: list[str]) -> list[str]:
+    """The --set overrides that turn the preset into one (variant, seed) run."""
+    sets = [*VARIANTS[variant], *extra, f"train.seed={seed}", f"run.out={out / variant / f'seed{seed}'}"]
+    if iterations is not None:
+        sets.append(f"train.iterations={iterations}")
+    return sets
+
+
 def run_config(preset: str, variant: str, seed: int, out: Path, iterations: int | None, extra: list[str]):
     """The TrainConfig of one (variant, seed) run."""
     from tempflow.config import load_config
 
-    sets = [*VARIANTS[variant], *extra, f"train.seed={seed}", f"run.out={out / variant / f'seed{seed}'}"]
-    if iterations is not None:
-        sets.append(f"train.iterations={iterations}")
-    return load_config(ROOT / preset if not Path(preset).is_absolute() else preset, sets)
+    return load_config(preset_path(preset), run_sets(variant, seed, out, iterations, extra))
 
 
 def finished(cfg) -> bool:
@@ -76,23 +91,64 @@ def finished(cfg) -> bool:
 
 
 def run_all(args) -> None:
-    """Train every (variant, seed) not finished yet."""
-    import dataclasses
-
-    from tempflow.training.loop import train
-
+    """Train every (variant, seed) not finished yet, ``args.jobs`` at a time."""
+    out = Path(args.out)
+    pending = []
     for variant in args.variants:
         for seed in range(args.seeds):
-            cfg = run_config(args.config, variant, seed, Path(args.out), args.iterations, args.overrides)
+            cfg = run_config(args.config, variant, seed, out, args.iterations, args.overrides)
             if cfg.run.eval_every == 0:
                 raise SystemExit("run.eval_every is 0: the benchmark needs held-out evaluations")
             if finished(cfg):
                 print(f"{variant} seed {seed}: reusing {cfg.run.out}", file=sys.stderr)
-                continue
-            cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, overwrite=True))
-            t0 = time.time()
-            train(cfg, progress=False)
-            print(f"{variant} seed {seed}: {time.time() - t0:.0f} s", file=sys.stderr)
+            else:
+                pending.append((variant, seed, cfg))
+    if not pending:
+        return
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    (out / "launch.json").write_text(json.dumps({"jobs": args.jobs, "threads_per_run": threads,
+                                                 "cpus": os.cpu_count()}) + "\n")
+    if args.jobs == 1:
+        for variant, seed, cfg in pending:
+            train_in_process(variant, seed, cfg)
+        return
+    # the costliest runs first, so the last ones to finish are short
+    pending.sort(key=lambda p: not p[2].algorithm.branching or p[2].algorithm.branch_points == "all",
+                 reverse=True)
+    running: list[tuple[str, int, subprocess.Popen, float]] = []
+    failed = []
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            variant, seed, _ = pending.pop(0)
+            cmd = [sys.executable, "-m", "tempflow", "train", "--config", str(preset_path(args.config)),
+                   "--overwrite", "--no-progress"]
+            for s in run_sets(variant, seed, out, args.iterations, args.overrides):
+                cmd += ["--set", s]
+            env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+            log = open(out / f"{variant}-seed{seed}.log", "w")
+            running.append((variant, seed, subprocess.Popen(cmd, env=env, stdout=log, stderr=log), time.time()))
+        time.sleep(1.0)
+        for item in list(running):
+            variant, seed, proc, t0 = item
+            if proc.poll() is not None:
+                running.remove(item)
+                status = "" if proc.returncode == 0 else f" (exit {proc.returncode}, see {variant}-seed{seed}.log)"
+                print(f"{variant} seed {seed}: {time.time() - t0:.0f} s{status}", file=sys.stderr)
+                if proc.returncode:
+                    failed.append(f"{variant} seed {seed}")
+    if failed:
+        raise SystemExit(f"runs failed: {', '.join(failed)}")
+
+
+def train_in_process(variant: str, seed: int, cfg) -> None:
+    import dataclasses
+
+    from tempflow.training.loop import train
+
+    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, overwrite=True))
+    t0 = time.time()
+    train(cfg, progress=False)
+    print(f"{variant} seed {seed}: {time.time() - t0:.0f} s", file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------- summarising
@@ -105,6 +161,7 @@ def curves(path: Path) -> dict:
     nfe, secs = cumulative(run.train, "count/nfe"), cumulative(run.train, "time/iteration")
     ev = [e for e in run.evals if "eval/pass_rate" in e and e["iteration"] in nfe]
     return {"iteration": [e["iteration"] for e in ev], "pass_rate": [e["eval/pass_rate"] for e in ev],
+            "score": [e.get("eval/score") for e in ev],
             "nfe": [nfe[e["iteration"]] for e in ev], "seconds": [secs[e["iteration"]] for e in ev],
             "nfe_per_iteration": statistics.mean(float(r["count/nfe"]) for r in run.train),
             "s_per_iteration": statistics.mean(float(r["time/iteration"]) for r in run.train)}
@@ -141,14 +198,15 @@ def summarise(out: Path, variants: list[str], gains: list[float]) -> dict:
         reach = {g: [first_reaching(r, r["pass_rate"][0] + g) for r in runs] for g in gains}
         result[v] = {"seeds": len(runs), "iterations": its, "runs": runs,
                      "pass_rate": [[r["pass_rate"][i] for r in runs] for i in range(n)],
+                     "score": [[r["score"][i] for r in runs] for i in range(n)],
                      "nfe_per_iteration": [r["nfe_per_iteration"] for r in runs],
                      "s_per_iteration": [r["s_per_iteration"] for r in runs],
                      "gain_per_mnfe": gain, "reach": reach}
     return result
 
 
-def markdown(res: dict, gains: list[float]) -> str:
-    """results.md: three tables."""
+def markdown(res: dict, gains: list[float], launch: dict | None = None) -> str:
+    """results.md: the tables (and how the runs shared the machine, from launch.json)."""
     lines = []
     its = sorted({i for v in res.values() for i in v["iterations"]})
     lines += ["Held-out pass rate (mean ± std over seeds) after each number of iterations:", "",
@@ -157,6 +215,13 @@ def markdown(res: dict, gains: list[float]) -> str:
     for v, r in res.items():
         cells = {i: fmt(p) for i, p in zip(r["iterations"], r["pass_rate"])}
         lines.append(f"| {v} | {r['seeds']} | " + " | ".join(cells.get(i, "–") for i in its) + " |")
+    if all(x is not None for r in res.values() for row in r["score"] for x in row):
+        lines += ["", "Held-out dense verifier score (fraction of each prompt's requirements met; less noisy "
+                  "than the pass rate), mean ± std over seeds:", "",
+                  "| variant | " + " | ".join(f"it {i}" for i in its) + " |", "|---|" + "---:|" * len(its)]
+        for v, r in res.items():
+            cells = {i: fmt(p) for i, p in zip(r["iterations"], r["score"])}
+            lines.append(f"| {v} | " + " | ".join(cells.get(i, "–") for i in its) + " |")
     lines += ["", "Iterations until the held-out pass rate first reaches the seed's base pass rate + gain "
               "(mean ± std over the seeds that reached it; reached/seeds):", "",
               "| variant | " + " | ".join(f"+{g:.2f}" for g in gains) + " |", "|---|" + "---:|" * len(gains)]
@@ -175,6 +240,10 @@ def markdown(res: dict, gains: list[float]) -> str:
                if ref else "–")
         lines.append(f"| {v} | {fmt(r['nfe_per_iteration'], 0)} | {rel} | {fmt(r['s_per_iteration'], 2)} | "
                      f"{fmt(r['gain_per_mnfe'], 3)} |")
+    if launch:
+        lines += ["", f"The latest launch trained its runs {launch['jobs']} at a time with "
+                  f"{launch['threads_per_run']} thread(s) each on {launch['cpus']} cores (seconds per iteration "
+                  "are those of a run sharing the machine when more than one ran at a time)."]
     return "\n".join(lines) + "\n"
 
 
@@ -211,7 +280,8 @@ def write_summary(out: Path, variants: list[str], gains: list[float]) -> dict:
     res = summarise(out, variants, gains)
     if not res:
         raise SystemExit(f"no finished runs under {out}")
-    (out / "results.md").write_text(markdown(res, gains))
+    launch = json.loads((out / "launch.json").read_text()) if (out / "launch.json").is_file() else None
+    (out / "results.md").write_text(markdown(res, gains, launch))
     (out / "summary.json").write_text(json.dumps(res, indent=1, default=str) + "\n")
     for x in ("iterations", "nfe", "wallclock"):
         plot(res, x, out / f"pass_rate_vs_{x}.png")
@@ -228,9 +298,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="thresholds: the seed's base pass rate plus these")
     ap.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
                     help="config overrides for every run (e.g. run.eval_every=10)")
+    ap.add_argument("--jobs", type=int, default=1, help="runs trained at a time (each with cores / jobs threads)")
     ap.add_argument("--out", default="runs/sample-efficiency", help="folder for the runs and the results")
     ap.add_argument("--summarise-only", action="store_true", help="only (re)write the results of finished runs")
     args = ap.parse_args(argv)
+    if args.jobs < 1:
+        ap.error("--jobs must be at least 1")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if not args.summarise_only:

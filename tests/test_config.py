@@ -160,6 +160,8 @@ def test_override_below_a_value():
     ("algorithm.branch_points=0", "algorithm.branch_points"),
     ("algorithm.branch_points=10", "algorithm.branch_points"),
     ("algorithm.branch_points=some", "algorithm.branch_points"),
+    ("algorithm.continuation_steps=0", "algorithm.continuation_steps"),
+    ("algorithm.continuation_steps=two", "algorithm.continuation_steps"),
     ("model.dtype=fp16", "model.dtype"),
     ("algorithm.group_by=step", "algorithm.group_by"),
     ("algorithm.std=global", "algorithm.std"),

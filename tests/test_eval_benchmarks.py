@@ -84,7 +84,9 @@ def test_sample_efficiency_smoke(tmp_path, tiny_shapes_checkpoint):
     args = ["--seeds", "2", "--iterations", "2", "--variants", "flowgrpo", "tempflow-r1", "--out", out,
             "--set", f"model.name={tiny_shapes_checkpoint}", *TINY, "run.eval_every=1",
             "run.eval_images_per_prompt=1", "run.log_images_every=0"]
-    res = run_script("sample_efficiency", *args)
+    res = run_script("sample_efficiency", *args, "--jobs", "2")  # child `tempflow train` processes
+    assert json.loads((out / "launch.json").read_text())["jobs"] == 2
+    assert "trained its runs 2 at a time" in res.stdout
     for name in ("results.md", "summary.json", "pass_rate_vs_iterations.png", "pass_rate_vs_nfe.png",
                  "pass_rate_vs_wallclock.png"):
         assert (out / name).is_file(), name
@@ -96,6 +98,13 @@ def test_sample_efficiency_smoke(tmp_path, tiny_shapes_checkpoint):
     assert "| flowgrpo | 2 |" in res.stdout
     again = run_script("sample_efficiency", *args)  # finished runs are reused, not retrained
     assert again.stderr.count("reusing") == 4
+    # one more seed, trained in this process (--jobs 1): only it is new
+    third = run_script("sample_efficiency", "--seeds", "3", "--iterations", "2", "--variants", "tempflow-r1",
+                       *args[7:])
+    assert third.stderr.count("reusing") == 2 and "tempflow-r1 seed 2:" in third.stderr
+    assert json.loads((out / "summary.json").read_text())["tempflow-r1"]["seeds"] == 3
+    assert "trained its runs 1 at a time" in third.stdout
+    assert "Held-out dense verifier score" in third.stdout  # the verifier's score is logged by these runs
 
 
 # ------------------------------------------------------------------ throughput

@@ -2,7 +2,7 @@
 
 import torch
 
-from tempflow.grpo.rollout import rollout_branches, rollout_flow_grpo
+from tempflow.grpo.rollout import continuation_indices, rollout_branches, rollout_flow_grpo
 from tempflow.models.shapes_model import ShapesModel, ShapesModelConfig
 from tempflow.sampling import flow_sigmas, sde_step, trained_steps
 from tempflow.sampling.loops import sample_ode
@@ -63,3 +63,32 @@ def test_flow_grpo_rollout():
     assert out.xs.shape == (11, 2, 3, 8, 8)
     assert (out.log_probs[:9] != 0).all() and (out.log_probs[9] == 0).all()
     torch.testing.assert_close(out.final, out.xs[-1])
+
+
+def test_continuation_indices():
+    assert continuation_indices(1, 10) == list(range(1, 11))
+    assert continuation_indices(1, 10, 3) == [1, 4, 7, 10]
+    assert continuation_indices(8, 10, 3) == [8, 9, 10]  # fewer steps left than the cap
+    assert continuation_indices(0, 10, 4) == [0, 2, 5, 8, 10]
+    assert continuation_indices(9, 10, 1) == [9, 10]
+
+
+def test_short_continuations_cost_and_path():
+    m = tiny()
+    cond = m.encode_prompts(["a red circle", "a blue square"])
+    noise = m.initial_noise(2, torch.Generator().manual_seed(1))
+    sig = flow_sigmas(10, 3.0)
+    pts, cap = [0, 5, 8], 2
+    out = rollout_branches(m, cond, noise, sig, 0.0, pts, 3, continuation_steps=cap)
+    # per seed: trunk 10 + K * sum_j min(9 - j, cap) = 10 + 3 * (2 + 2 + 1)
+    assert m.counters["nfe"] == 2 * (10 + 3 * 5)
+    for p, j in enumerate(pts):
+        # a = 0: the SDE step is the ODE step, so each branch is the trunk's x_{j+1} followed by
+        # the ODE over the evenly spaced sigmas
+        sub = sig[continuation_indices(j + 1, 10, cap)]
+        want = sample_ode(m, cond, out.trunk[j + 1], sub)
+        for k in range(3):
+            torch.testing.assert_close(out.final[:, p, k], want, atol=1e-5, rtol=1e-5)
+    # no cap: the same branches as before the option existed (every remaining step)
+    full = rollout_branches(m, cond, noise, sig, 0.0, pts, 3)
+    torch.testing.assert_close(full.final[:, 0, 0], sample_ode(m, cond, noise, sig), atol=1e-5, rtol=1e-5)

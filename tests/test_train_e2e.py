@@ -99,3 +99,22 @@ def test_two_processes_equal_one(tmp_path, tiny_shapes_checkpoint, branching):
     assert any(g.abs().sum() > 0 for g in a["grads"])
     for p, q in zip(a["params"], b["params"]):
         torch.testing.assert_close(p, q, atol=1e-4, rtol=1e-3)
+
+
+def test_short_continuations_save_exactly_their_model_calls(tmp_path, tiny_shapes_checkpoint):
+    from tempflow.config import config_from_dict
+    from tempflow.training.trainer import Trainer
+
+    def nfe(cap):
+        cfg = config_from_dict({
+            "model": {"name": str(tiny_shapes_checkpoint), "lora": {"rank": 2, "alpha": 2}},
+            "sampling": {"steps": 4, "eval_steps": 4},
+            "algorithm": {"num_branches": 2, "seeds_per_prompt": 1, "branch_points": "all",
+                          "continuation_steps": cap},
+            "train": {"iterations": 1, "prompts_per_iteration": 3},
+            "run": {"out": str(tmp_path / "run")}})
+        return Trainer(cfg).iteration(0)["count/nfe"]
+
+    # T = 4, branch points 0, 1, 2: continuations of 3, 2, 1 steps, or 1, 1, 1 with a cap of 1;
+    # 3 seeds x K = 2 branches, CFG doubles
+    assert nfe(None) - nfe(1) == 2 * 3 * 2 * ((3 + 2 + 1) - (1 + 1 + 1))

@@ -151,6 +151,9 @@ class AlgorithmConfig(_Section):
     """Branching: SDE branches K per (seed, branch point)."""
     branch_points: Literal["all"] | list[int] | int = 3
     """Branching: 'all' trained steps, a list of steps, or r = r random trained steps per iteration."""
+    continuation_steps: int | None = None
+    """Branching: ODE steps of each branch's continuation to sigma = 0 for its reward, over evenly
+    spaced sigmas of the schedule (null: every remaining step). Fewer is cheaper, coarser images."""
     group_by: Literal["seed", "prompt"] = "seed"
     """Branching advantage group: K branches of a seed at step j, or all seeds of a prompt at j."""
     std: Literal["group", "batch"] = "group"
@@ -178,6 +181,9 @@ class AlgorithmConfig(_Section):
                        "a non-empty list of distinct steps >= 0", "write trained step indices, e.g. [0, 2, 4]")
         elif isinstance(bp, int):
             self._need("branch_points", bp >= 1, ">= 1", "an integer r draws r random branch points")
+        if self.continuation_steps is not None:
+            self._need("continuation_steps", self.continuation_steps >= 1, ">= 1 or null",
+                       "null continues every branch through all remaining steps")
         self._need("adv_clip", self.adv_clip > 0, "> 0", "advantages are clipped to [-adv_clip, adv_clip]")
         self._need("clip_range", self.clip_range > 0, "> 0", "the PPO ratio clip needs a width (1e-4)")
         self._need("beta", self.beta >= 0, ">= 0", "beta weighs the KL penalty; 0 disables it")

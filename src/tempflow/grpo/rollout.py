@@ -78,11 +78,22 @@ class BranchRollout:
         return self.trunk[-1]
 
 
+def continuation_indices(start: int, t_steps: int, max_steps: int | None = None) -> list[int]:
+    """Schedule indices an ODE continuation visits from sigma_start to sigma_T = 0: all of
+    start..T, or with ``max_steps`` = m < T - start the m + 1 evenly spaced ones
+    start + round(i (T - start) / m), i = 0..m (first and last always included)."""
+    n = t_steps - start
+    if max_steps is None or n <= max_steps:
+        return list(range(start, t_steps + 1))
+    return [start + round(i * n / max_steps) for i in range(max_steps + 1)]
+
+
 @torch.no_grad()
 def rollout_branches(model: FlowModel, cond: Conditioning, noise: Tensor, sigmas: Tensor,
                      noise_level: float, points: Sequence[int], num_branches: int,
                      guidance_scale: float | None = None, generator: torch.Generator | None = None,
-                     noise_scale: float = 1.0, branch_noise: Tensor | None = None) -> BranchRollout:
+                     noise_scale: float = 1.0, branch_noise: Tensor | None = None,
+                     continuation_steps: int | None = None) -> BranchRollout:
     """TempFlow-GRPO's trajectory branching.
 
     For each seed s (noise[s], cond[s]): an ODE trunk x_0 .. x_T; at each branch point j, K
@@ -90,6 +101,8 @@ def rollout_branches(model: FlowModel, cond: Conditioning, noise: Tensor, sigmas
     the ODE from sigma_{j+1} to 0. The continuations of all branches of all branch points run
     as one batch per wave, each sample at its own sigma: wave w moves branch (j, k) from step
     j + 1 + w to j + 2 + w. Cost per seed: T + K * sum_j (T - 1 - j) model calls (times 2 with CFG).
+    ``continuation_steps`` = m caps each continuation at m ODE steps over evenly spaced sigmas of
+    the schedule (:func:`continuation_indices`): cost T + K * sum_j min(T - 1 - j, m).
     ``branch_noise``: optional [S, P, K, ...] standard normal noise of the branch steps (else
     drawn from ``generator``); ``noise_scale`` multiplies it (0: the branches follow the SDE mean).
     """
@@ -123,17 +136,20 @@ def rollout_branches(model: FlowModel, cond: Conditioning, noise: Tensor, sigmas
         eps = torch.randn(x_rep.shape, generator=generator, dtype=torch.float32) * noise_scale
     out = sde_step(x_rep, v_rep, sigmas[step_idx], sigmas[step_idx + 1], noise_level, noise=eps)
     samples, log_probs = out.sample, out.log_prob
-    # ODE continuations in waves; a branch is live while its next step index < T
+    # ODE continuations in waves: wave w moves each branch from path[w] to path[w + 1]; a branch
+    # whose path has ended is padded with T and sits out
     y = samples.clone()
     cond_rows = cond.repeat_interleave(p * k)
-    pos = step_idx + 1
-    while True:
-        live = (pos < t_steps).nonzero().squeeze(1)
+    paths = [continuation_indices(j + 1, t_steps, continuation_steps) for j in pts]
+    width = max(len(q) for q in paths)
+    table = torch.tensor([q + [t_steps] * (width - len(q)) for q in paths])  # [P, width]
+    path = table[torch.arange(p).repeat(s_count).repeat_interleave(k)]        # [S*P*K, width]
+    for w in range(width - 1):
+        live = (path[:, w] < path[:, w + 1]).nonzero().squeeze(1)
         if live.numel() == 0:
             break
-        sig, nxt = sigmas[pos[live]], sigmas[pos[live] + 1]
+        sig, nxt = sigmas[path[live, w]], sigmas[path[live, w + 1]]
         v = model.velocity(y[live], sig, cond_rows[live], guidance_scale)
         y[live] = ode_step(y[live], v, sig, nxt)
-        pos[live] += 1
     return BranchRollout(trunk, starts, samples.view(s_count, p, k, *shape),
                          log_probs.view(s_count, p, k), y.view(s_count, p, k, *shape), pts)

@@ -53,14 +53,15 @@ def noise_for(model: FlowModel, positions: list[int], per_prompt: int, seed: int
 
 def sample_branching(model: FlowModel, cond: Conditioning, positions: list[int], seeds: int,
                      branches: int, points: list[int], sigmas: Tensor, noise_level: float,
-                     guidance_scale: float | None, group_by: str, seed: int, iteration: int) -> Samples:
+                     guidance_scale: float | None, group_by: str, seed: int, iteration: int,
+                     continuation_steps: int | None = None) -> Samples:
     """TempFlow-GRPO: ``seeds`` trunks per prompt, K branches at each branch point.
 
     cond: batch = number of local prompts; groups: (seed, j) or (prompt, j) ids, global."""
     p, k = len(points), branches
     x0, eps = noise_for(model, positions, seeds, seed, iteration, (p, k))
     ro = rollout_branches(model, cond.repeat_interleave(seeds), x0, sigmas, noise_level, points, k,
-                          guidance_scale, branch_noise=eps)
+                          guidance_scale, branch_noise=eps, continuation_steps=continuation_steps)
     s_count = x0.shape[0]
     pos = torch.tensor(positions).repeat_interleave(seeds)                      # [S]
     seed_idx = torch.arange(seeds).repeat(len(positions))                        # [S]

@@ -97,7 +97,7 @@ class Trainer:
                 if a.branching:
                     return sample_branching(self.model, cond[rows], positions[rows], a.seeds_per_prompt,
                                             a.num_branches, points, self.sigmas, cfg.sampling.noise_level, gs,
-                                            a.group_by, cfg.train.seed, it)
+                                            a.group_by, cfg.train.seed, it, a.continuation_steps)
                 return sample_trajectories(self.model, cond[rows], positions[rows], a.group_size, points,
                                            self.sigmas, cfg.sampling.noise_level, gs, cfg.train.seed, it)
 
