@@ -20,7 +20,8 @@ Each (variant, seed) is a normal training run under ``--out/<variant>/seed<k>`` 
 with the same config is reused, so an interrupted benchmark continues). Written to ``--out``:
 results.md (held-out pass rate at every evaluation, mean +- std over seeds; iterations to reach
 the seed's base pass rate + each ``--gains``; model evaluations and wall-clock per iteration;
-pass-rate gain per million model evaluations), summary.json, and pass_rate_vs_{iterations,
+pass-rate gain per million model evaluations; with ``--final-eval N`` the GenEval-style table of
+every run's last weights and of the base model at N images per prompt), summary.json, and pass_rate_vs_{iterations,
 nfe,wallclock}.png (mean over seeds, band +- std).
 """
 
@@ -105,8 +106,7 @@ def run_all(args) -> None:
                 pending.append((variant, seed, cfg))
     if not pending:
         return
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
-    (out / "launch.json").write_text(json.dumps({"jobs": args.jobs, "threads_per_run": threads,
+    (out / "launch.json").write_text(json.dumps({"jobs": args.jobs, "threads_per_run": threads_per_job(args.jobs),
                                                  "cpus": os.cpu_count()}) + "\n")
     if args.jobs == 1:
         for variant, seed, cfg in pending:
@@ -115,29 +115,73 @@ def run_all(args) -> None:
     # the costliest runs first, so the last ones to finish are short
     pending.sort(key=lambda p: not p[2].algorithm.branching or p[2].algorithm.branch_points == "all",
                  reverse=True)
-    running: list[tuple[str, int, subprocess.Popen, float]] = []
-    failed = []
-    while pending or running:
-        while pending and len(running) < args.jobs:
-            variant, seed, _ = pending.pop(0)
-            cmd = [sys.executable, "-m", "tempflow", "train", "--config", str(preset_path(args.config)),
-                   "--overwrite", "--no-progress"]
-            for s in run_sets(variant, seed, out, args.iterations, args.overrides):
-                cmd += ["--set", s]
-            env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-            log = open(out / f"{variant}-seed{seed}.log", "w")
-            running.append((variant, seed, subprocess.Popen(cmd, env=env, stdout=log, stderr=log), time.time()))
+    tasks = []
+    for variant, seed, _ in pending:
+        cmd = ["train", "--config", str(preset_path(args.config)), "--overwrite", "--no-progress"]
+        for s in run_sets(variant, seed, out, args.iterations, args.overrides):
+            cmd += ["--set", s]
+        tasks.append((f"{variant} seed {seed}", cmd, out / f"{variant}-seed{seed}.log"))
+    run_commands(tasks, args.jobs)
+
+
+def threads_per_job(jobs: int) -> int:
+    return max(1, (os.cpu_count() or 1) // jobs)
+
+
+def run_commands(tasks: list[tuple[str, list[str], Path]], jobs: int) -> None:
+    """Run ``tempflow <args>`` for each (label, args, log file), ``jobs`` at a time with
+    cores / jobs threads each; SystemExit naming the failed ones."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads_per_job(jobs))}
+    tasks, running, failed = list(tasks), [], []
+    while tasks or running:
+        while tasks and len(running) < jobs:
+            label, cmd, log = tasks.pop(0)
+            with open(log, "w") as f:
+                proc = subprocess.Popen([sys.executable, "-m", "tempflow", *cmd], env=env, stdout=f, stderr=f)
+            running.append((label, log, proc, time.time()))
         time.sleep(1.0)
         for item in list(running):
-            variant, seed, proc, t0 = item
+            label, log, proc, t0 = item
             if proc.poll() is not None:
                 running.remove(item)
-                status = "" if proc.returncode == 0 else f" (exit {proc.returncode}, see {variant}-seed{seed}.log)"
-                print(f"{variant} seed {seed}: {time.time() - t0:.0f} s{status}", file=sys.stderr)
+                status = "" if proc.returncode == 0 else f" (exit {proc.returncode}, see {log})"
+                print(f"{label}: {time.time() - t0:.0f} s{status}", file=sys.stderr)
                 if proc.returncode:
-                    failed.append(f"{variant} seed {seed}")
+                    failed.append(label)
     if failed:
-        raise SystemExit(f"runs failed: {', '.join(failed)}")
+        raise SystemExit(f"failed: {', '.join(failed)}")
+
+
+FINAL = "final-eval"  # folder in each run (and in --out for the base model) of the --final-eval evaluations
+
+
+def final_evals(args) -> None:
+    """``tempflow eval`` of every finished run's last weights and of the base model with
+    ``args.final_eval`` images per prompt, the same initial noise (--seed 0) for all."""
+    out, n = Path(args.out), args.final_eval
+    tasks, base_cfg = [], None
+    for variant in args.variants:
+        for seed in range(args.seeds):
+            cfg = run_config(args.config, variant, seed, out, args.iterations, args.overrides)
+            if not finished(cfg):
+                continue
+            base_cfg = base_cfg or cfg
+            run = Path(cfg.run.out)
+            if not final_done(run / FINAL, n):
+                tasks.append((f"eval {variant} seed {seed}", ["eval", str(run), "--num", str(n), "--seed", "0",
+                                                             "--out", str(run / FINAL)], run / "final-eval.log"))
+    if base_cfg is not None and not final_done(out / FINAL, n):
+        s = base_cfg.sampling
+        tasks.append(("eval base model", ["eval", "--model", base_cfg.model.name, "--prompts", base_cfg.prompts.eval,
+                                          "--steps", str(s.eval_steps), "--shift", str(s.shift),
+                                          "--cfg", str(s.guidance_scale if s.use_cfg else 1.0), "--num", str(n),
+                                          "--seed", "0", "--out", str(out / FINAL)], out / "final-eval-base.log"))
+    run_commands(tasks, args.jobs)
+
+
+def final_done(folder: Path, n: int) -> bool:
+    path = folder / "eval.json"
+    return path.is_file() and json.loads(path.read_text()).get("images_per_prompt") == n
 
 
 def train_in_process(variant: str, seed: int, cfg) -> None:
@@ -196,7 +240,9 @@ def summarise(out: Path, variants: list[str], gains: list[float]) -> dict:
         gain = [(r["pass_rate"][n - 1] - r["pass_rate"][0]) / (r["nfe"][n - 1] / 1e6) if r["nfe"][n - 1] else 0.0
                 for r in runs]
         reach = {g: [first_reaching(r, r["pass_rate"][0] + g) for r in runs] for g in gains}
-        result[v] = {"seeds": len(runs), "iterations": its, "runs": runs,
+        finals = [json.loads((s / FINAL / "eval.json").read_text()) for s in seeds
+                  if (s / FINAL / "eval.json").is_file()]
+        result[v] = {"seeds": len(runs), "iterations": its, "runs": runs, "final": [final_row(f) for f in finals],
                      "pass_rate": [[r["pass_rate"][i] for r in runs] for i in range(n)],
                      "score": [[r["score"][i] for r in runs] for i in range(n)],
                      "nfe_per_iteration": [r["nfe_per_iteration"] for r in runs],
@@ -205,7 +251,36 @@ def summarise(out: Path, variants: list[str], gains: list[float]) -> dict:
     return result
 
 
-def markdown(res: dict, gains: list[float], launch: dict | None = None) -> str:
+def final_row(ev: dict) -> dict:
+    """An eval.json reduced to images per prompt, overall pass rate, dense score and per category."""
+    summary = ev["summary"]
+    return {"images_per_prompt": ev.get("images_per_prompt"), "pass_rate": summary["eval/pass_rate"],
+            "score": summary["eval/score"],
+            "categories": {k.split("/")[-1]: v for k, v in summary.items() if k.startswith("eval/pass_rate/")}}
+
+
+def final_table(res: dict, base: dict | None) -> list[str]:
+    """Markdown lines: the --final-eval table (base model first), empty when none was run."""
+    rows = {v: r["final"] for v, r in res.items() if r["final"]}
+    if not rows:
+        return []
+    first = next(iter(rows.values()))[0]
+    cats = sorted(first["categories"])
+    lines = ["", f"Held-out after the last iteration, {first['images_per_prompt']} images per prompt, the same "
+             "initial noise for every run and the base model (`tempflow eval RUN --num "
+             f"{first['images_per_prompt']} --seed 0`), mean ± std over seeds:", "",
+             "| model | seeds | pass rate (overall) | dense score | " + " | ".join(cats) + " |",
+             "|---|---:|---:|---:|" + "---:|" * len(cats)]
+    if base is not None:
+        lines.append(f"| base | – | {base['pass_rate']:.3f} | {base['score']:.3f} | "
+                     + " | ".join(f"{base['categories'][c]:.3f}" for c in cats) + " |")
+    for v, fs in rows.items():
+        lines.append(f"| {v} | {len(fs)} | {fmt([f['pass_rate'] for f in fs])} | {fmt([f['score'] for f in fs])} | "
+                     + " | ".join(f"{statistics.mean(f['categories'][c] for f in fs):.3f}" for c in cats) + " |")
+    return lines
+
+
+def markdown(res: dict, gains: list[float], launch: dict | None = None, base: dict | None = None) -> str:
     """results.md: the tables (and how the runs shared the machine, from launch.json)."""
     lines = []
     its = sorted({i for v in res.values() for i in v["iterations"]})
@@ -240,6 +315,7 @@ def markdown(res: dict, gains: list[float], launch: dict | None = None) -> str:
                if ref else "–")
         lines.append(f"| {v} | {fmt(r['nfe_per_iteration'], 0)} | {rel} | {fmt(r['s_per_iteration'], 2)} | "
                      f"{fmt(r['gain_per_mnfe'], 3)} |")
+    lines += final_table(res, base)
     if launch:
         lines += ["", f"The latest launch trained its runs {launch['jobs']} at a time with "
                   f"{launch['threads_per_run']} thread(s) each on {launch['cpus']} cores (seconds per iteration "
@@ -281,7 +357,9 @@ def write_summary(out: Path, variants: list[str], gains: list[float]) -> dict:
     if not res:
         raise SystemExit(f"no finished runs under {out}")
     launch = json.loads((out / "launch.json").read_text()) if (out / "launch.json").is_file() else None
-    (out / "results.md").write_text(markdown(res, gains, launch))
+    base_eval = out / FINAL / "eval.json"
+    base = final_row(json.loads(base_eval.read_text())) if base_eval.is_file() else None
+    (out / "results.md").write_text(markdown(res, gains, launch, base))
     (out / "summary.json").write_text(json.dumps(res, indent=1, default=str) + "\n")
     for x in ("iterations", "nfe", "wallclock"):
         plot(res, x, out / f"pass_rate_vs_{x}.png")
@@ -299,6 +377,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
                     help="config overrides for every run (e.g. run.eval_every=10)")
     ap.add_argument("--jobs", type=int, default=1, help="runs trained at a time (each with cores / jobs threads)")
+    ap.add_argument("--final-eval", type=int, default=0, metavar="N",
+                    help="also evaluate each run's last weights and the base model with N images per prompt "
+                         "(same noise for all; less noisy than the runs' own evaluations)")
     ap.add_argument("--out", default="runs/sample-efficiency", help="folder for the runs and the results")
     ap.add_argument("--summarise-only", action="store_true", help="only (re)write the results of finished runs")
     args = ap.parse_args(argv)
@@ -308,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if not args.summarise_only:
         run_all(args)
+        if args.final_eval:
+            final_evals(args)
     write_summary(out, args.variants, sorted(args.gains))
     print((out / "results.md").read_text())
     print(f"wrote {out}/results.md, summary.json and pass_rate_vs_{{iterations,nfe,wallclock}}.png")

@@ -100,11 +100,20 @@ def test_sample_efficiency_smoke(tmp_path, tiny_shapes_checkpoint):
     assert again.stderr.count("reusing") == 4
     # one more seed, trained in this process (--jobs 1): only it is new
     third = run_script("sample_efficiency", "--seeds", "3", "--iterations", "2", "--variants", "tempflow-r1",
-                       *args[7:])
+                       "--final-eval", "2", *args[7:])
     assert third.stderr.count("reusing") == 2 and "tempflow-r1 seed 2:" in third.stderr
     assert json.loads((out / "summary.json").read_text())["tempflow-r1"]["seeds"] == 3
     assert "trained its runs 1 at a time" in third.stdout
-    assert "Held-out dense verifier score" in third.stdout  # the verifier's score is logged by these runs
+    assert "Held-out dense verifier score" in third.stdout
+    # --final-eval: every run's last weights and the base model, same noise, 2 images per prompt
+    base = json.loads((out / "final-eval" / "eval.json").read_text())
+    assert base["images_per_prompt"] == 2 and base["target"] is None
+    runs = [json.loads((out / f"tempflow-r1/seed{k}/final-eval/eval.json").read_text()) for k in range(3)]
+    assert all(r["images_per_prompt"] == 2 and len(r["images"]) == len(base["images"]) for r in runs)
+    rows = json.loads((out / "summary.json").read_text())["tempflow-r1"]["final"]
+    assert [r["pass_rate"] for r in rows] == [r["summary"]["eval/pass_rate"] for r in runs]
+    assert f"| base | – | {base['summary']['eval/pass_rate']:.3f} |" in third.stdout
+    assert "| tempflow-r1 | 3 |" in third.stdout.split("Held-out after the last iteration")[1]  # the verifier's score is logged by these runs
 
 
 # ------------------------------------------------------------------ throughput
