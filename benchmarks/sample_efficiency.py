@@ -31,7 +31,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -41,6 +40,7 @@ try:
     import tempflow  # noqa: F401
 except ImportError:  # running from a checkout without installing
     sys.path.insert(0, str(ROOT / "src"))
+from tempflow.utils.child_process import run_pool, threads_per_job  # noqa: E402
 
 ABLATION = {
     "flowgrpo": ["algorithm.branching=false", "algorithm.weighting=false"],
@@ -124,30 +124,9 @@ def run_all(args) -> None:
     run_commands(tasks, args.jobs)
 
 
-def threads_per_job(jobs: int) -> int:
-    return max(1, (os.cpu_count() or 1) // jobs)
-
-
 def run_commands(tasks: list[tuple[str, list[str], Path]], jobs: int) -> None:
-    """Run ``tempflow <args>`` for each (label, args, log file), ``jobs`` at a time with
-    cores / jobs threads each; SystemExit naming the failed ones."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads_per_job(jobs))}
-    tasks, running, failed = list(tasks), [], []
-    while tasks or running:
-        while tasks and len(running) < jobs:
-            label, cmd, log = tasks.pop(0)
-            with open(log, "w") as f:
-                proc = subprocess.Popen([sys.executable, "-m", "tempflow", *cmd], env=env, stdout=f, stderr=f)
-            running.append((label, log, proc, time.time()))
-        time.sleep(1.0)
-        for item in list(running):
-            label, log, proc, t0 = item
-            if proc.poll() is not None:
-                running.remove(item)
-                status = "" if proc.returncode == 0 else f" (exit {proc.returncode}, see {log})"
-                print(f"{label}: {time.time() - t0:.0f} s{status}", file=sys.stderr)
-                if proc.returncode:
-                    failed.append(label)
+    """:func:`run_pool`, then SystemExit naming the failed commands."""
+    failed = run_pool(tasks, jobs)
     if failed:
         raise SystemExit(f"failed: {', '.join(failed)}")
 
