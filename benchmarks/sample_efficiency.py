@@ -106,8 +106,11 @@ def run_all(args) -> None:
                 pending.append((variant, seed, cfg))
     if not pending:
         return
-    (out / "launch.json").write_text(json.dumps({"jobs": args.jobs, "threads_per_run": threads_per_job(args.jobs),
-                                                 "cpus": os.cpu_count()}) + "\n")
+    threads = threads_per_job(args.jobs) if args.jobs > 1 else int(os.environ.get("OMP_NUM_THREADS", os.cpu_count()))
+    launch = read_launch(out)
+    for variant in {v for v, _, _ in pending}:
+        launch[variant] = {"jobs": args.jobs, "threads_per_run": threads, "cpus": os.cpu_count()}
+    (out / "launch.json").write_text(json.dumps(launch, indent=1) + "\n")
     if args.jobs == 1:
         for variant, seed, cfg in pending:
             train_in_process(variant, seed, cfg)
@@ -122,6 +125,16 @@ def run_all(args) -> None:
             cmd += ["--set", s]
         tasks.append((f"{variant} seed {seed}", cmd, out / f"{variant}-seed{seed}.log"))
     run_commands(tasks, args.jobs)
+
+
+def read_launch(out: Path) -> dict:
+    """launch.json: {variant: {jobs, threads_per_run, cpus}} of the launch that last trained it
+    (a single record without variants applies to every variant folder present)."""
+    path = out / "launch.json"
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    if "jobs" in data:
+        data = {d.name: data for d in sorted(out.iterdir()) if d.is_dir() and d.name in VARIANTS}
+    return data
 
 
 def run_commands(tasks: list[tuple[str, list[str], Path]], jobs: int) -> None:
@@ -295,10 +308,13 @@ def markdown(res: dict, gains: list[float], launch: dict | None = None, base: di
         lines.append(f"| {v} | {fmt(r['nfe_per_iteration'], 0)} | {rel} | {fmt(r['s_per_iteration'], 2)} | "
                      f"{fmt(r['gain_per_mnfe'], 3)} |")
     lines += final_table(res, base)
-    if launch:
-        lines += ["", f"The latest launch trained its runs {launch['jobs']} at a time with "
-                  f"{launch['threads_per_run']} thread(s) each on {launch['cpus']} cores (seconds per iteration "
-                  "are those of a run sharing the machine when more than one ran at a time)."]
+    settings: dict[tuple, list[str]] = {}
+    for v in res:
+        if v in (launch or {}):
+            settings.setdefault(tuple(launch[v][k] for k in ("jobs", "threads_per_run", "cpus")), []).append(v)
+    for (jobs, threads, cpus), names in settings.items():
+        lines += ["", f"{', '.join(names)}: trained {jobs} at a time by this script, {threads} thread(s) per run "
+                  f"on {cpus} cores."]
     return "\n".join(lines) + "\n"
 
 
@@ -335,7 +351,7 @@ def write_summary(out: Path, variants: list[str], gains: list[float]) -> dict:
     res = summarise(out, variants, gains)
     if not res:
         raise SystemExit(f"no finished runs under {out}")
-    launch = json.loads((out / "launch.json").read_text()) if (out / "launch.json").is_file() else None
+    launch = read_launch(out)
     base_eval = out / FINAL / "eval.json"
     base = final_row(json.loads(base_eval.read_text())) if base_eval.is_file() else None
     (out / "results.md").write_text(markdown(res, gains, launch, base))

@@ -76,6 +76,12 @@ def test_summary_means_thresholds_and_gain_per_nfe(tmp_path):
     assert "| flowgrpo | 2 | 0.450 ± 0.050 | 0.460 ± 0.040 | 0.480 ± 0.020 |" in text
     assert "| tempflow | 150 ± 0 | 1.50x |" in text
     assert "2 ± 0 (1/2)" in text and "not reached (0/2)" in text
+    # a launch record without variants covers every variant folder present
+    (tmp_path / "launch.json").write_text(json.dumps({"jobs": 2, "threads_per_run": 1, "cpus": 2}))
+    launch = se.read_launch(tmp_path)
+    assert sorted(launch) == ["flowgrpo", "tempflow"] and launch["tempflow"]["jobs"] == 2
+    assert "flowgrpo, tempflow: trained 2 at a time by this script, 1 thread(s) per run on 2 cores" in \
+        se.markdown(res, [0.05, 0.1], launch)
 
 
 @pytest.mark.slow
@@ -85,8 +91,8 @@ def test_sample_efficiency_smoke(tmp_path, tiny_shapes_checkpoint):
             "--set", f"model.name={tiny_shapes_checkpoint}", *TINY, "run.eval_every=1",
             "run.eval_images_per_prompt=1", "run.log_images_every=0"]
     res = run_script("sample_efficiency", *args, "--jobs", "2")  # child `tempflow train` processes
-    assert json.loads((out / "launch.json").read_text())["jobs"] == 2
-    assert "trained its runs 2 at a time" in res.stdout
+    assert json.loads((out / "launch.json").read_text())["tempflow-r1"]["jobs"] == 2
+    assert "flowgrpo, tempflow-r1: trained 2 at a time by this script, 1 thread(s) per run" in res.stdout
     for name in ("results.md", "summary.json", "pass_rate_vs_iterations.png", "pass_rate_vs_nfe.png",
                  "pass_rate_vs_wallclock.png"):
         assert (out / name).is_file(), name
@@ -103,7 +109,7 @@ def test_sample_efficiency_smoke(tmp_path, tiny_shapes_checkpoint):
                        "--final-eval", "2", *args[7:])
     assert third.stderr.count("reusing") == 2 and "tempflow-r1 seed 2:" in third.stderr
     assert json.loads((out / "summary.json").read_text())["tempflow-r1"]["seeds"] == 3
-    assert "trained its runs 1 at a time" in third.stdout
+    assert "tempflow-r1: trained 1 at a time by this script, 1 thread(s) per run" in third.stdout
     assert "Held-out dense verifier score" in third.stdout
     # --final-eval: every run's last weights and the base model, same noise, 2 images per prompt
     base = json.loads((out / "final-eval" / "eval.json").read_text())
