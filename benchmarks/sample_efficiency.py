@@ -12,8 +12,8 @@ branch points per iteration, with all trained steps, and with each branch's ODE 
 to sigma = 0 cut to 3 steps (``algorithm.continuation_steps``). Same number of iterations, same prompts
 per iteration, and for a given seed the same prompts in every iteration (the draw depends on
 the seed and iteration only). ``--jobs J`` trains J runs at a time as ``tempflow train`` child
-processes with cores / J threads each (on few cores this gets more runs done per hour than one
-run using every core; the wall-clock figures are then those of a run sharing the machine, and
+processes with cores / J threads each, or OMP_NUM_THREADS when set (on few cores this gets
+more runs done per hour than one run using every core; the wall-clock figures are then those of a run sharing the machine, and
 results.md says so).
 
 Each (variant, seed) is a normal training run under ``--out/<variant>/seed<k>`` (a finished run
@@ -106,10 +106,9 @@ def run_all(args) -> None:
                 pending.append((variant, seed, cfg))
     if not pending:
         return
-    threads = threads_per_job(args.jobs) if args.jobs > 1 else int(os.environ.get("OMP_NUM_THREADS", os.cpu_count()))
     launch = read_launch(out)
     for variant in {v for v, _, _ in pending}:
-        launch[variant] = {"jobs": args.jobs, "threads_per_run": threads, "cpus": os.cpu_count()}
+        launch[variant] = {"jobs": args.jobs, "threads_per_run": threads_per_job(args.jobs), "cpus": os.cpu_count()}
     (out / "launch.json").write_text(json.dumps(launch, indent=1) + "\n")
     if args.jobs == 1:
         for variant, seed, cfg in pending:
@@ -179,8 +178,11 @@ def final_done(folder: Path, n: int) -> bool:
 def train_in_process(variant: str, seed: int, cfg) -> None:
     import dataclasses
 
+    import torch
+
     from tempflow.training.loop import train
 
+    torch.set_num_threads(threads_per_job(1))
     cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, overwrite=True))
     t0 = time.time()
     train(cfg, progress=False)
@@ -371,7 +373,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="thresholds: the seed's base pass rate plus these")
     ap.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
                     help="config overrides for every run (e.g. run.eval_every=10)")
-    ap.add_argument("--jobs", type=int, default=1, help="runs trained at a time (each with cores / jobs threads)")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="runs trained at a time (each with OMP_NUM_THREADS threads if set, else cores / jobs)")
     ap.add_argument("--final-eval", type=int, default=0, metavar="N",
                     help="also evaluate each run's last weights and the base model with N images per prompt "
                          "(same noise for all; less noisy than the runs' own evaluations)")

@@ -30,7 +30,10 @@ def run_child(cmd: list[str], env: dict, name: str) -> dict | None:
 
 
 def threads_per_job(jobs: int) -> int:
-    """Intra-op threads for each of ``jobs`` processes sharing this machine's cores."""
+    """Intra-op threads for each of ``jobs`` processes sharing this machine's cores: the user's
+    OMP_NUM_THREADS when set, else cores // jobs."""
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
     return max(1, (os.cpu_count() or 1) // jobs)
 
 
