@@ -9,12 +9,12 @@ plus only the overrides that define it, so the preset's tuned values (steps, lr,
 ...) are shared by all: Flow-GRPO (no branching, no weighting), branching only, weighting
 only, TempFlow-GRPO; and the cheaper branching variants, TempFlow-GRPO with r = 1 or 2 random
 branch points per iteration, with all trained steps, and with each branch's ODE continuation
-to sigma = 0 cut to 3 steps (``algorithm.continuation_steps``). Same number of iterations, same prompts
-per iteration, and for a given seed the same prompts in every iteration (the draw depends on
-the seed and iteration only). ``--jobs J`` trains J runs at a time as ``tempflow train`` child
-processes with cores / J threads each, or OMP_NUM_THREADS when set (on few cores this gets
-more runs done per hour than one run using every core; the wall-clock figures are then those of a run sharing the machine, and
-results.md says so).
+to sigma = 0 cut to 3 steps (``algorithm.continuation_steps``). Same number of iterations,
+same prompts per iteration, and for a given seed the same prompts in every iteration (the
+draw depends on the seed and iteration only). ``--jobs J`` trains J runs at a time as
+``tempflow train`` child processes with cores / J threads each, or OMP_NUM_THREADS when set
+(on few cores this gets more runs done per hour than one run using every core; the
+wall-clock figures are then those of a run sharing the machine, and results.md says so).
 
 Each (variant, seed) is a normal training run under ``--out/<variant>/seed<k>`` (a finished run
 with the same config is reused, so an interrupted benchmark continues). Written to ``--out``:
