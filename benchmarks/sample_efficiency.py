@@ -16,13 +16,14 @@ draw depends on the seed and iteration only). ``--jobs J`` trains J runs at a ti
 (on few cores this gets more runs done per hour than one run using every core; the
 wall-clock figures are then those of a run sharing the machine, and results.md says so).
 
-Each (variant, seed) is a normal training run under ``--out/<variant>/seed<k>`` (a finished run
-with the same config is reused, so an interrupted benchmark continues). Written to ``--out``:
-results.md (held-out pass rate at every evaluation, mean +- std over seeds; iterations to reach
-the seed's base pass rate + each ``--gains``; model evaluations and wall-clock per iteration;
-pass-rate gain per million model evaluations; with ``--final-eval N`` the GenEval-style table of
-every run's last weights and of the base model at N images per prompt), summary.json, and pass_rate_vs_{iterations,
-nfe,wallclock}.png (mean over seeds, band +- std).
+Each (variant, seed) is a normal training run under ``--out/<variant>/seed<k>`` (a finished
+run with the same config is reused, so an interrupted benchmark continues). Written to
+``--out``: results.md (held-out pass rate and dense score at every evaluation, mean +- std
+over seeds; iterations to reach the seed's base pass rate + each ``--gains``; model
+evaluations and wall-clock per iteration; pass-rate gain per million model evaluations; with
+``--final-eval N``, the GenEval-style table of every run's last weights and of the base model
+at N images per prompt), summary.json, and pass_rate_vs_{iterations,nfe,wallclock}.png (mean
+over seeds, band +- std).
 """
 
 from __future__ import annotations
