@@ -292,6 +292,15 @@ def markdown(res: dict, gains: list[float], launch: dict | None = None, base: di
         for v, r in res.items():
             cells = {i: fmt(p) for i, p in zip(r["iterations"], r["score"])}
             lines.append(f"| {v} | " + " | ".join(cells.get(i, "–") for i in its) + " |")
+    lines += ["", "Change from each seed's own first evaluation (the base model, same noise) to its last "
+              "common one, mean ± std over seeds (pairing removes the seeds' different evaluation noise):", "",
+              "| variant | iterations | Δ pass rate | Δ dense score |", "|---|---:|---:|---:|"]
+    for v, r in res.items():
+        dp = [b - a for a, b in zip(r["pass_rate"][0], r["pass_rate"][-1])]
+        ds = ([b - a for a, b in zip(r["score"][0], r["score"][-1])]
+              if None not in r["score"][0] + r["score"][-1] else None)
+        lines.append(f"| {v} | {r['iterations'][0]} → {r['iterations'][-1]} | {fmt(dp, 3)} | "
+                     f"{fmt(ds, 3) if ds else '–'} |")
     lines += ["", "Iterations until the held-out pass rate first reaches the seed's base pass rate + gain "
               "(mean ± std over the seeds that reached it; reached/seeds):", "",
               "| variant | " + " | ".join(f"+{g:.2f}" for g in gains) + " |", "|---|" + "---:|" * len(gains)]
@@ -322,31 +331,36 @@ def markdown(res: dict, gains: list[float], launch: dict | None = None, base: di
 
 
 def plot(res: dict, x: str, path: Path) -> None:
-    """Mean pass rate over seeds against x (iterations, nfe, wallclock), band +- std."""
+    """Mean held-out pass rate (and, when logged, dense score) over seeds against x
+    (iterations, nfe, wallclock), band +- std."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, ax = plt.subplots(figsize=(6.4, 4))
-    for i, (v, r) in enumerate(res.items()):
-        n = len(r["iterations"])
-        p = np.array(r["pass_rate"])  # [evaluations, seeds]
-        if x == "iterations":
-            xs = np.array(r["iterations"], float)
-        else:
-            key, scale = ("nfe", 1e6) if x == "nfe" else ("seconds", 60.0)
-            xs = np.array([[run[key][k] for run in r["runs"]] for k in range(n)]).mean(1) / scale
-        ls = "-" if v in ABLATION else "--"
-        ax.plot(xs, p.mean(1), ls, marker="o", ms=3, color=f"C{i}", label=v)
-        ax.fill_between(xs, p.mean(1) - p.std(1), p.mean(1) + p.std(1), color=f"C{i}", alpha=0.15)
-    ax.set_xlabel({"iterations": "iteration", "nfe": "model evaluations in training (millions)",
-                   "wallclock": "training wall-clock (minutes)"}[x])
-    ax.set_ylabel("held-out pass rate")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    metrics = ["pass_rate"]
+    if all(v is not None for r in res.values() for row in r["score"] for v in row):
+        metrics.append("score")
+    fig, axes = plt.subplots(1, len(metrics), figsize=(6.4 * len(metrics), 4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for i, (v, r) in enumerate(res.items()):
+            n = len(r["iterations"])
+            p = np.array(r[metric], float)  # [evaluations, seeds]
+            if x == "iterations":
+                xs = np.array(r["iterations"], float)
+            else:
+                key, scale = ("nfe", 1e6) if x == "nfe" else ("seconds", 60.0)
+                xs = np.array([[run[key][k] for run in r["runs"]] for k in range(n)]).mean(1) / scale
+            ls = "-" if v in ABLATION else "--"
+            ax.plot(xs, p.mean(1), ls, marker="o", ms=3, color=f"C{i}", label=v)
+            ax.fill_between(xs, p.mean(1) - p.std(1), p.mean(1) + p.std(1), color=f"C{i}", alpha=0.12)
+        ax.set_xlabel({"iterations": "iteration", "nfe": "model evaluations in training (millions)",
+                       "wallclock": "training wall-clock (minutes)"}[x])
+        ax.set_ylabel({"pass_rate": "held-out pass rate", "score": "held-out dense verifier score"}[metric])
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
