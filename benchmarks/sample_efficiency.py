@@ -33,7 +33,6 @@ import json
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,10 +110,6 @@ def run_all(args) -> None:
     for variant in {v for v, _, _ in pending}:
         launch[variant] = {"jobs": args.jobs, "threads_per_run": threads_per_job(args.jobs), "cpus": os.cpu_count()}
     (out / "launch.json").write_text(json.dumps(launch, indent=1) + "\n")
-    if args.jobs == 1:
-        for variant, seed, cfg in pending:
-            train_in_process(variant, seed, cfg)
-        return
     # the costliest runs first, so the last ones to finish are short
     pending.sort(key=lambda p: not p[2].algorithm.branching or p[2].algorithm.branch_points == "all",
                  reverse=True)
@@ -174,20 +169,6 @@ def final_evals(args) -> None:
 def final_done(folder: Path, n: int) -> bool:
     path = folder / "eval.json"
     return path.is_file() and json.loads(path.read_text()).get("images_per_prompt") == n
-
-
-def train_in_process(variant: str, seed: int, cfg) -> None:
-    import dataclasses
-
-    import torch
-
-    from tempflow.training.loop import train
-
-    torch.set_num_threads(threads_per_job(1))
-    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, overwrite=True))
-    t0 = time.time()
-    train(cfg, progress=False)
-    print(f"{variant} seed {seed}: {time.time() - t0:.0f} s", file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------- summarising

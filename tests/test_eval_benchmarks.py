@@ -104,7 +104,7 @@ def test_sample_efficiency_smoke(tmp_path, tiny_shapes_checkpoint):
     assert "| flowgrpo | 2 |" in res.stdout
     again = run_script("sample_efficiency", *args)  # finished runs are reused, not retrained
     assert again.stderr.count("reusing") == 4
-    # one more seed, trained in this process (--jobs 1): only it is new
+    # one more seed, one run at a time (--jobs 1): only it is new
     third = run_script("sample_efficiency", "--seeds", "3", "--iterations", "2", "--variants", "tempflow-r1",
                        "--final-eval", "2", *args[7:])
     assert third.stderr.count("reusing") == 2 and "tempflow-r1 seed 2:" in third.stderr
