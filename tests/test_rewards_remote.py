@@ -43,13 +43,17 @@ def _metadata_echo():
 
 @pytest.fixture
 def serve():
-    """serve(reward_name, **kwargs) -> base url of a server running in a thread."""
+    """serve(reward_name, handler_reward=None, server_kwargs=None, **kwargs) -> base url of a
+    server running in a thread, after its test batch passed (unless wait=False)."""
     servers = []
 
-    def start(name, handler_reward=None, **kwargs):
-        server = make_server(handler_reward or build_reward(name, **kwargs), name, "127.0.0.1", 0)
+    def start(name, handler_reward=None, server_kwargs=None, wait=True, **kwargs):
+        server = make_server(handler_reward or build_reward(name, **kwargs), name, "127.0.0.1", 0,
+                             **(server_kwargs or {}))
         threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         servers.append(server)
+        if wait:
+            assert server.wait_ready(30) == "ok", server.error
         return f"http://127.0.0.1:{server.server_address[1]}"
 
     yield start
@@ -110,7 +114,7 @@ def test_metadata_and_failed_samples_travel(serve):
 @pytest.mark.parametrize("body, code, words", [
     (b"not json", 400, "not JSON"),
     (json.dumps({"images": [], "prompts": ["a"]}).encode(), 400, "0 images but 1 prompts"),
-    (json.dumps({"images": ["%%%"], "prompts": ["a"]}).encode(), 400, "images[0] is not a base64"),
+    (json.dumps({"images": ["%%%"], "prompts": ["a"]}).encode(), 400, "images[0] is not valid base64"),
     (json.dumps({"prompts": ["a"]}).encode(), 400, "'images' must be a list"),
     (json.dumps({"images": [], "prompts": [], "extra": 1}).encode(), 400, "unknown field"),
     (json.dumps({"images": encode_images(_images(1)), "prompts": ["a"], "metadata": [1]}).encode(),
@@ -162,18 +166,41 @@ def test_slow_server_times_out_then_user_error(serve):
         score(remote, _images(1), PROMPTS[:1])
 
 
-def test_transient_server_error_is_retried(serve):
-    calls = {"n": 0}
+def test_transient_server_error_is_retried(serve, monkeypatch):
+    import tempflow.rewards.server as server_module
 
-    def flaky(images, prompts, metadata=None):
+    real, calls = server_module.score_or_nan, {"n": 0}
+
+    def crash_once(*args):
         calls["n"] += 1
         if calls["n"] == 1:
-            raise UserError("model not ready yet")  # the server answers 500
+            raise RuntimeError("CUDA error: an illegal memory access")  # the server answers 500
+        return real(*args)
+
+    url = serve("brightness")
+    monkeypatch.setattr(server_module, "score_or_nan", crash_once)
+    got = score(build_reward("remote", url=url, retries=2, backoff=0.01), _images(2), PROMPTS[:2])
+    assert got.shape == (2,) and calls["n"] == 2
+
+
+def test_reward_user_error_is_422_shown_at_once(serve):
+    calls = {"n": 0}
+
+    def strict(images, prompts, metadata=None):
+        calls["n"] += 1
+        if "elephant" in prompts[0]:
+            raise UserError("cannot parse prompt 'a purple elephant': unknown word 'elephant'")
         return torch.ones(images.shape[0])
 
-    url = serve("flaky", handler_reward=flaky)
-    got = score(build_reward("remote", url=url, retries=2, backoff=0.01), _images(2), PROMPTS[:2])
-    assert got.tolist() == [1.0, 1.0] and calls["n"] == 2
+    url = serve("strict", handler_reward=strict)
+    status, answer = _post(url, json.dumps({"images": encode_images(_images(1)),
+                                             "prompts": ["a purple elephant"]}).encode())
+    assert status == 422 and "unknown word 'elephant'" in answer["error"]
+    remote = build_reward("remote", url=url, retries=3, backoff=5.0)
+    t0, n0 = time.perf_counter(), calls["n"]
+    with pytest.raises(UserError, match="could not score this batch: .*unknown word 'elephant'"):
+        score(remote, _images(1), ["a purple elephant"])
+    assert time.perf_counter() - t0 < 2 and calls["n"] == n0 + 1  # no retry, no backoff
 
 
 def test_client_rejects_bad_settings():
@@ -211,6 +238,7 @@ def test_serve_reward_command(tmp_path):
         line = proc.stdout.readline()
         assert "serving reward 'brightness' on http://127.0.0.1:" in line, proc.stderr.read()
         url = line.split(" on ")[1].split(" ")[0]
+        assert "ready" in proc.stdout.readline()
         x = torch.full((2, 3, 8, 8), 0.6)  # 153 / 255: exact in a PNG
         x[1] = 1.0
         got = score(build_reward("remote", url=url), x, ["a", "b"])

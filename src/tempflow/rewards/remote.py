@@ -1,14 +1,21 @@
 """A reward scored by a server over HTTP (``tempflow serve-reward`` or any server speaking
 the wire format of :mod:`tempflow.rewards.wire`).
 
-Connection failures, timeouts and 5xx answers are retried ``retries`` times, waiting
-backoff * 2^attempt seconds in between; then a :class:`UserError` names the url and the fix.
-A 4xx answer is a bad request: it fails at once with the server's message.
+A server that answers 503 with Retry-After (busy or still loading) is waited for: after its
+Retry-After, growing as backoff * 2^k, at most RETRY_AFTER_CAP s a time, ``max_wait`` s in
+all. Other 5xx answers, 408, connection failures and timeouts are retried ``retries`` times
+after backoff * 2^attempt seconds. Every wait gets up to 25% jitter. Then a
+:class:`UserError` names the url and the fix. Any other 4xx is the caller's mistake (a bad
+request, a missing token, a request over the server's limits, or a prompt the reward
+rejects: 422): it fails at once with the server's message, without retrying.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
+import os
+import random
 import socket
 import time
 import urllib.error
@@ -22,9 +29,15 @@ from tempflow.errors import UserError
 from tempflow.rewards.registry import Reward, register
 from tempflow.rewards.wire import WireError, decode_scores, encode_request
 
+RETRY_AFTER_CAP = 30.0  # seconds: a server cannot make the client wait longer per try
+
 
 class _Retry(Exception):
-    """A failure worth another try (connection, timeout, 5xx)."""
+    """A failure worth another try (connection, timeout, 5xx); ``retry_after`` in seconds or None."""
+
+    def __init__(self, message: str, retry_after: float | None = None, http: bool = False):
+        super().__init__(message)
+        self.retry_after, self.http = retry_after, http
 
 
 def _server_message(err: urllib.error.HTTPError) -> str:
@@ -35,21 +48,42 @@ def _server_message(err: urllib.error.HTTPError) -> str:
         return str(err.reason)
 
 
-def post_json(url: str, body: dict, timeout: float) -> dict:
+def _retry_after(err: urllib.error.HTTPError) -> float | None:
+    """The Retry-After header in seconds (an HTTP date is ignored), capped."""
+    try:
+        return min(max(float(err.headers.get("Retry-After", "")), 0.0), RETRY_AFTER_CAP)
+    except (TypeError, ValueError):
+        return None
+
+
+def _client_error(url: str, code: int, msg: str) -> UserError:
+    """The UserError for a 4xx answer, with the fix that fits the code."""
+    if code == 401:
+        fix = "set reward.kwargs.token_env to the name of an environment variable holding the server's token"
+    elif code == 413:
+        fix = "lower reward.kwargs.batch_size or the image size, or raise the server's limit"
+    elif code == 422:
+        return UserError(f"reward server {url} could not score this batch: {msg}")
+    else:
+        fix = "check that it speaks tempflow's wire format (docs/rewards.md)"
+    return UserError(f"reward server {url} rejected the request (HTTP {code}: {msg}); {fix}")
+
+
+def post_json(url: str, body: dict, timeout: float, headers: dict | None = None) -> dict:
     """One POST; _Retry on transient failures, UserError on a 4xx or a malformed answer."""
     data = json.dumps(body).encode("utf-8")
     req = urllib.request.Request(url, data=data, method="POST",
-                                 headers={"Content-Type": "application/json"})
+                                 headers={"Content-Type": "application/json", **(headers or {})})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return json.loads(resp.read().decode("utf-8"))
     except urllib.error.HTTPError as e:
         msg = _server_message(e)
-        if 400 <= e.code < 500:
-            raise UserError(f"reward server {url} rejected the request (HTTP {e.code}: {msg}); check "
-                            f"that it speaks tempflow's wire format (docs/rewards.md)") from None
-        raise _Retry(f"HTTP {e.code}: {msg}") from None
-    except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError) as e:
+        if 400 <= e.code < 500 and e.code != 408:
+            raise _client_error(url, e.code, msg) from None
+        raise _Retry(f"HTTP {e.code}: {msg}", _retry_after(e), http=True) from None
+    except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError,
+            http.client.HTTPException) as e:
         reason = getattr(e, "reason", e)
         raise _Retry(f"{type(reason).__name__}: {reason}") from None
     except json.JSONDecodeError:
@@ -58,31 +92,61 @@ def post_json(url: str, body: dict, timeout: float) -> dict:
 
 
 class RemoteReward:
-    """reward(images, prompts[, metadata]) -> float32 [B], scored by the server at ``url``."""
+    """reward(images, prompts[, metadata]) -> float32 [B], scored by the server at ``url``.
+
+    ``token_env`` names an environment variable holding the server's token (sent as
+    ``Authorization: Bearer``), so the secret never enters a run's config. ``max_wait``:
+    seconds to wait in all for a busy or loading server (503 with Retry-After)."""
 
     def __init__(self, url: str, timeout: float = 60.0, retries: int = 3, backoff: float = 1.0,
-                 batch_size: int = 64):
+                 batch_size: int = 64, token_env: str | None = None, max_wait: float = 600.0):
         if not url.startswith(("http://", "https://")):
             raise UserError(f"reward.kwargs.url must start with http:// (got {url!r}), e.g. "
                             f"http://127.0.0.1:18085")
         for name, value, ok in (("timeout", timeout, timeout > 0), ("retries", retries, retries >= 0),
-                                ("backoff", backoff, backoff >= 0), ("batch_size", batch_size, batch_size >= 1)):
+                                ("backoff", backoff, backoff >= 0), ("batch_size", batch_size, batch_size >= 1),
+                                ("max_wait", max_wait, max_wait >= 0)):
             if not ok:
                 raise UserError(f"reward.kwargs.{name} has a bad value {value!r}: timeout > 0, "
-                                f"retries >= 0, backoff >= 0, batch_size >= 1")
+                                f"retries >= 0, backoff >= 0, batch_size >= 1, max_wait >= 0")
+        self.headers = {}
+        if token_env is not None:
+            token = os.environ.get(str(token_env), "").strip()
+            if not token:
+                raise UserError(f"reward.kwargs.token_env names the environment variable {token_env!r}, "
+                                f"which is not set: export it with the reward server's token")
+            self.headers["Authorization"] = f"Bearer {token}"
         self.url = url.rstrip("/") + "/score" if not url.rstrip("/").endswith("/score") else url
         self.timeout, self.retries, self.backoff, self.batch_size = timeout, retries, backoff, batch_size
+        self.max_wait = max_wait
 
     def _post(self, body: dict) -> dict:
-        """POST with bounded retries and exponential backoff."""
-        last = ""
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(self.backoff * 2 ** (attempt - 1))
+        """POST; wait out a busy server, retry other transient failures (module docstring)."""
+        failures = busy = 0
+        waited = 0.0
+        while True:
             try:
-                return post_json(self.url, body, self.timeout)
+                return post_json(self.url, body, self.timeout, self.headers)
             except _Retry as e:
-                last = str(e)
+                last = e
+            if last.retry_after is not None and waited < self.max_wait:  # busy or loading: asked to wait
+                wait = min(max(last.retry_after, self.backoff * 2 ** busy), RETRY_AFTER_CAP,
+                           self.max_wait - waited)
+                busy += 1
+            else:
+                failures += 1
+                if failures > self.retries:
+                    break
+                wait = self.backoff * 2 ** (failures - 1)
+            wait *= random.uniform(1.0, 1.25)
+            waited += wait
+            time.sleep(wait)
+        if last.retry_after is not None:
+            raise UserError(f"reward server {self.url} stayed busy or loading for {waited:.0f} s (last: "
+                            f"{last}); check GET /health on it, or raise reward.kwargs.max_wait")
+        if last.http:
+            raise UserError(f"reward server {self.url} failed {self.retries + 1} times (last: {last}); "
+                            f"check GET /health on it, or raise reward.kwargs.retries")
         raise UserError(f"reward server {self.url} failed {self.retries + 1} times (last: {last}); start "
                         f"it with `tempflow serve-reward --reward NAME --port P`, or fix "
                         f"reward.kwargs.url / raise reward.kwargs.timeout ({self.timeout:g} s)")
@@ -105,6 +169,6 @@ class RemoteReward:
 
 @register("remote")
 def remote(url: str, timeout: float = 60.0, retries: int = 3, backoff: float = 1.0,
-           batch_size: int = 64) -> Reward:
+           batch_size: int = 64, token_env: str | None = None, max_wait: float = 600.0) -> Reward:
     """Score through a reward server at ``url`` (see docs/rewards.md for the wire format)."""
-    return RemoteReward(url, timeout, retries, backoff, batch_size)
+    return RemoteReward(url, timeout, retries, backoff, batch_size, token_env, max_wait)
