@@ -79,7 +79,22 @@ class SD3Model(TransformerAdapterMixin, FlowModel):
                 p.requires_grad_(True)
         else:
             self.transformer.requires_grad_(True)
+        self._lora_in_float32()
         self._negative: Conditioning | None = None
+
+    def add_lora(self, spec: LoraSpec) -> None:
+        """Attach a fresh LoRA (float32 weights on a bf16 / fp16 base, see _lora_in_float32)."""
+        super().add_lora(spec)
+        self._lora_in_float32()
+
+    def _lora_in_float32(self) -> None:
+        """Keep LoRA weights in float32 whatever the base's dtype (peft casts the layer input to
+        them and the sum back to the base's dtype). In fp16 AdamW's eps = 1e-8 rounds to 0, so
+        the all-zero first gradient of lora_A (B = 0) gives 0 / 0 = NaN after one step; in bf16
+        updates below the weights' 2^-8 resolution are lost."""
+        for p in lora_parameters(self.transformer):
+            if p.dtype != torch.float32:
+                p.data = p.data.float()
 
     @classmethod
     def from_pretrained(cls, path_or_hub_id: str | os.PathLike, resolution: int = 512,

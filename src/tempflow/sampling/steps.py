@@ -85,7 +85,7 @@ def sde_step(x: Tensor, v: Tensor, sigma: Tensor | float, sigma_next: Tensor | f
         if noise is None:
             noise = torch.randn(x.shape, generator=generator, dtype=torch.float32,
                                 device=generator.device if generator is not None else x.device)
-        sample = mean + s_b * noise.float()
+        sample = mean + s_b * noise.to(mean.device, torch.float32)  # a CPU generator's draw on any device
     sample = sample.detach().float()
     if noise_level == 0:
         log_prob = torch.zeros(x.shape[0], device=x.device)
