@@ -1,10 +1,14 @@
-"""The report's plots (matplotlib, Agg): PNG bytes, one figure per question."""
+"""The report's plots (matplotlib, Agg): PNG bytes, one figure per question.
+
+Each plot function frees its figure's reference cycles when it returns (:func:`frees_cycles`):
+closed matplotlib figures are cycles that otherwise wait for a full garbage collection."""
 
 from __future__ import annotations
 
 import io
 
 from tempflow.report.runs import RunData, cumulative
+from tempflow.utils.memory import frees_cycles
 
 
 def _figure():
@@ -36,6 +40,7 @@ def smooth(values: list[float], window: int) -> list[float]:
     return out
 
 
+@frees_cycles
 def reward_curves(runs: list[RunData], window: int = 10) -> bytes:
     """Training reward (batch mean) per iteration, raw (faint) and smoothed, one colour per run."""
     plt, fig, ax = _figure()
@@ -50,6 +55,7 @@ def reward_curves(runs: list[RunData], window: int = 10) -> bytes:
     return _png(plt, fig, ax)
 
 
+@frees_cycles
 def eval_curves(runs: list[RunData], x: str = "iteration", metric: str = "eval/pass_rate") -> bytes:
     """Held-out ``metric`` at each evaluation against x: 'iteration', 'nfe' (model evaluations
     spent in training so far, count/nfe) or 'time' (training wall-clock so far, time/iteration)."""
