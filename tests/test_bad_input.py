@@ -66,6 +66,14 @@ CASES = [
          "reward 'nomodule:make' cannot be imported", fresh=True),
     Case("reward-kwargs", "reward arguments it does not take", train("reward.kwargs.colour=1"),
          "does not take these arguments", fresh=True),
+    Case("config-import", "config file naming a reward factory path (code) on its own",
+         ["train", "--config", "{evil_config}"], "pass --allow-import os"),
+    Case("run-import", "downloaded run whose config.yaml names a reward factory path",
+         ["eval", "{evil_run}"], "pass --allow-import os"),
+    Case("reward-not-factory", "reward path to something that is not a function", train("reward.name=math:pi"),
+         "is a float, not a factory function", fresh=True),
+    Case("reward-not-reward", "reward factory returning something that is not a reward",
+         train("reward.name=builtins:dict"), "returned a dict, not a reward", fresh=True),
     Case("model", "unknown model name", train("model.name=sdxl"), "model 'sdxl' not found", fresh=True),
     # ---- prompts
     Case("prompt-missing", "prompt file missing", train("prompts.train={tmp}/none.txt"), "none.txt' not found", fresh=True),
@@ -85,10 +93,31 @@ CASES = [
     Case("model-corrupt", "model weights truncated", train("model.name={corrupt_model}"), "unreadable weights",
          fresh=True),
     Case("resume-rank", "resume with a checkpoint of another LoRA rank",
-         ["train", "--resume", "{rank_mismatch}", "--no-progress"], "does not fit this model"),
+         ["train", "--resume", "{rank_mismatch}", "--no-progress"], "cannot change model.lora.rank (2 -> 4)"),
+    Case("resume-rank-legacy", "the same, with checkpoints that record no config (older tempflow)",
+         ["train", "--resume", "{rank_legacy}", "--no-progress", "--set", "train.iterations=3"],
+         "does not fit this model"),
     Case("lora-arch", "LoRA of another architecture (sample --lora)",
          ["sample", "--model", "{wide_model}", "--lora", "{run}/lora", "--prompt", "a red circle",
           "--out", "{tmp}/x.png"], "LoRA weights do not fit this model"),
+    # ---- other commands' arguments
+    Case("eval-shift", "eval with a time shift <= 0", ["eval", "--shift", "0"], "--shift: must be > 0"),
+    Case("eval-device", "eval on a CUDA device this machine lacks", ["eval", "--device", "cuda:99"], "cuda:99"),
+    Case("eval-out-file", "eval --out at an existing file", ["eval", "--num", "1", "--out", "{config}"],
+         "is a file, not a folder"),
+    Case("eval-out-under-file", "eval --out below a file", ["eval", "--num", "1", "--out", "{config}/eval"],
+         "cannot be created"),
+    Case("sample-out-ext", "sample --out without .png", ["sample", "--prompt", "a red circle", "--out", "{tmp}/grid"],
+         "must end in .png"),
+    Case("sample-sidecar", "sample --out next to a .json tempflow did not write",
+         ["sample", "--prompt", "a red circle", "--out", "{tmp}/mine.png"], "not a grid layout tempflow wrote"),
+    Case("sample-nan", "sample with a non-finite CFG scale", ["sample", "--prompt", "a red circle", "--cfg", "nan"],
+         "--cfg: must be a finite number"),
+    Case("pretrain-layers", "pretrain with 0 layers", ["pretrain", "--layers", "0", "--out", "{tmp}/pre"],
+         "--layers: must be in 1..64"),
+    Case("pretrain-out", "pretrain into a folder of other files", ["pretrain", "--out", "{tmp}"], "is not empty"),
+    Case("pretrain-pickle", "pretrain --resume of a state file that is a crafted pickle",
+         ["pretrain", "--resume", "--out", "{evil_pretrain}"], "cannot be read as a pretraining state"),
     # ---- run folders
     Case("run-other-config", "run folder holding a run with another config", train("run.out={run}", "train.lr=0.5"),
          "already holds a run with another config (differs in train.lr)"),
@@ -99,7 +128,22 @@ CASES = [
     Case("resume-config", "--resume with --config", ["train", "--resume", "{run}", "--config", "{config}"],
          "drop --config"),
     Case("resume-change", "--resume changing a setting", ["train", "--resume", "{run}", "--set", "algorithm.beta=0.1"],
-         "cannot change algorithm.beta when resuming"),
+         "cannot change algorithm.beta (0.04 -> 0.1) when resuming"),
+    Case("resume-edited", "--resume after config.yaml was edited by hand", ["train", "--resume", "{edited_run}"],
+         "cannot change algorithm.beta (0.04 -> 0.2) when resuming"),
+    Case("resume-shorter", "--resume with fewer iterations than were done",
+         ["train", "--resume", "{run}", "--set", "train.iterations=1"], "below the 3 iterations already done"),
+    Case("resume-no-checkpoint", "--resume of a run whose checkpoints are all damaged",
+         ["train", "--resume", "{damaged_run}"], "no valid checkpoint"),
+    Case("resume-metrics", "--resume with a garbled line in metrics.jsonl", ["train", "--resume", "{garbled_run}"],
+         "line 2 is not a metrics record"),
+    Case("resume-not-run", "--resume of a folder that another tool wrote", ["train", "--resume", "{foreign}"],
+         "no run there"),
+    Case("out-foreign", "run.out at a folder another tool wrote (lora/, metrics.jsonl)",
+         train("run.out={foreign}"), "is not a tempflow run"),
+    Case("overwrite-foreign", "--overwrite of a folder another tool wrote",
+         train("run.out={foreign}") + ["--overwrite"], "is not a tempflow run"),
+    Case("out-file", "run.out at a file", train("run.out={config}"), "is a file, not a folder"),
     Case("unwritable", "output folder that cannot be created", train("run.out={config}/run"), "is not writable"),
     # ---- numbers
     Case("nan-model", "model whose outputs are NaN", train("model.name={nan_model}"),
@@ -161,6 +205,13 @@ def world(tmp_path_factory):
     shutil.rmtree(other / "checkpoints")
     shutil.copytree(tmp / "run" / "checkpoints", other / "checkpoints")
     paths["rank_mismatch"] = other
+    legacy = tmp / "rank4-legacy"
+    shutil.copytree(other, legacy)
+    for meta in legacy.glob("checkpoints/*/meta.json"):
+        meta.write_text(json.dumps({k: v for k, v in json.loads(meta.read_text()).items()
+                                    if not k.startswith("config")}))
+    paths["rank_legacy"] = legacy
+    _hostile_world(tmp, paths)
     (tmp / "typo.yaml").write_text("algoritm:\n  beta: 0.1\n")
     (tmp / "bad.yaml").write_text("train: {iterations: [1, 2\n")
     (tmp / "empty.txt").write_text("# only a comment\n\n")
@@ -179,6 +230,52 @@ def world(tmp_path_factory):
     paths["nan_model"] = _edit_weights(_tiny(tmp / "nan"), lambda sd: {
         k: (torch.full_like(v, float("nan")) if k.startswith("transformer.proj_out") else v) for k, v in sd.items()})
     return paths
+
+
+#: folders no bad input may change
+PROTECTED = ("run", "rank_mismatch", "rank_legacy", "edited_run", "damaged_run", "garbled_run", "foreign",
+             "evil_run", "evil_pretrain")
+
+
+class _Pwn:
+    """Unpickling this runs a shell command that creates {tmp}/pwned."""
+
+    def __init__(self, target: Path):
+        self.target = target
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.target}",)
+
+
+def _hostile_world(tmp: Path, paths: dict) -> None:
+    """Copies of the finished run, damaged or edited, and files crafted to run code."""
+    import pickle
+
+    run = paths["run"]
+    for name in ("edited_run", "damaged_run", "garbled_run", "evil_run"):
+        paths[name] = tmp / name
+        shutil.copytree(run, paths[name])
+    cfg_file = paths["edited_run"] / "config.yaml"
+    cfg_file.write_text(cfg_file.read_text().replace("beta: 0.04", "beta: 0.2"))
+    for state in paths["damaged_run"].glob("checkpoints/*/state.pt"):
+        state.write_bytes(state.read_bytes()[:100])
+    metrics = paths["garbled_run"] / "metrics.jsonl"
+    lines = metrics.read_text().splitlines()
+    metrics.write_text("\n".join([lines[0], "{" + "#" * (len(lines[1]) - 1), *lines[2:]]) + "\n")  # same length
+    evil = {"reward": {"name": "os:system", "kwargs": {"command": f"touch {tmp / 'pwned'}"}}}
+    cfg_file = paths["evil_run"] / "config.yaml"
+    cfg_file.write_text(cfg_file.read_text().replace("reward:\n  name: shapes", "reward:\n  name: os:system"))
+    assert "os:system" in cfg_file.read_text()
+    paths["evil_config"] = tmp / "evil.yaml"
+    paths["evil_config"].write_text(yaml.safe_dump(evil))
+    paths["foreign"] = tmp / "foreign"
+    (paths["foreign"] / "lora").mkdir(parents=True)
+    (paths["foreign"] / "lora" / "pytorch_lora_weights.safetensors").write_bytes(b"not ours")
+    (paths["foreign"] / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n')
+    paths["evil_pretrain"] = tmp / "evil-pretrain"
+    paths["evil_pretrain"].mkdir()
+    (paths["evil_pretrain"] / "pretrain_state.pt").write_bytes(pickle.dumps(_Pwn(tmp / "pwned")))
+    (tmp / "mine.json").write_text('{"my": "notes"}\n')
 
 
 def snapshot(folder: Path) -> dict:
@@ -223,7 +320,7 @@ def run_case(case: Case, world: dict, capsys, monkeypatch) -> tuple[int, str]:
 def test_bad_input_gives_one_clear_line(case, world, capsys, monkeypatch):
     fresh = world["fresh"]
     shutil.rmtree(fresh, ignore_errors=True)
-    before = snapshot(world["run"]), snapshot(world["rank_mismatch"])
+    before = [snapshot(world[k]) for k in PROTECTED]
     code, err = run_case(case, world, capsys, monkeypatch)
     lines = err.strip().splitlines()
     assert code == 2, err
@@ -232,7 +329,8 @@ def test_bad_input_gives_one_clear_line(case, world, capsys, monkeypatch):
     if os.environ.get("TEMPFLOW_ERRORS_TABLE"):
         with open(os.environ["TEMPFLOW_ERRORS_TABLE"], "a") as f:
             f.write(table_row(case, lines[0], world) + "\n")
-    assert (snapshot(world["run"]), snapshot(world["rank_mismatch"])) == before  # existing runs untouched
+    assert [snapshot(world[k]) for k in PROTECTED] == before  # existing folders untouched
+    assert not (world["tmp"] / "pwned").exists()  # no code ran from a file
     if case.fresh and not case.id.startswith("nan"):
         assert not fresh.exists()  # a failed start leaves no folder behind
 
@@ -259,12 +357,32 @@ def test_overwrite_replaces_only_run_files(world, capsys):
 
     run = world["tmp"] / "overwritten"
     shutil.copytree(world["run"], run)
-    (run / "notes.txt").write_text("mine")
+    mine = ["notes.txt", "checkpoints/README.md", "checkpoints/iter_000003/notes.txt", "grids/eval_best.png",
+            "tb/my-plot.png", "lora/README.md"]
+    for name in mine:
+        (run / name).write_text(f"mine: {name}")
     code = main(fill(train(f"run.out={run}", "train.iterations=1"), world) + ["--overwrite"])
     assert code == 0, capsys.readouterr().err
-    assert (run / "notes.txt").read_text() == "mine"
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["iter_000001"]
+    assert all((run / name).read_text() == f"mine: {name}" for name in mine)
+    # the old run's own files are gone: only the new checkpoint, and the user's folder
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["README.md", "iter_000001", "iter_000003"]
+    assert sorted(p.name for p in (run / "checkpoints" / "iter_000003").iterdir()) == ["notes.txt"]
+    assert sorted(p.name for p in (run / "grids").iterdir()) == ["eval_best.png"]
     assert "overwrite: false" in (run / "config.yaml").read_text()
+    assert json.loads((run / "tempflow-run.json").read_text())["tempflow"] == "run"
+
+
+def test_a_run_from_before_the_marker_file_is_still_a_run(world, capsys):
+    """Runs written before tempflow-run.json are recognised by their config.yaml's header, so
+    they can be resumed and overwritten."""
+    from tempflow.cli.main import main
+
+    run = world["tmp"] / "legacy-run"
+    shutil.copytree(world["run"], run)
+    (run / "tempflow-run.json").unlink()
+    code = main(["train", "--resume", str(run), "--set", "train.iterations=4", "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    assert (run / "checkpoints" / "iter_000004").is_dir()
 
 
 def test_resume_may_extend_a_finished_run(world, capsys):

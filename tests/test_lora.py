@@ -156,3 +156,29 @@ def test_state_dict_roundtrip_and_mismatch():
         load_lora_state_dict(wrong_rank, sd)
     with pytest.raises(UserError, match="missing"):
         load_lora_state_dict(other, {k: v for k, v in list(sd.items())[1:]})
+
+
+def test_canonical_safetensors_gives_equal_bytes_for_any_header_order(tmp_path):
+    """Two files with the same tensors and metadata but headers in different key orders (as
+    the writer may produce in different processes) become byte-identical and still load."""
+    import json
+    import struct
+
+    from safetensors.torch import load_file, save_file
+
+    from tempflow.models.lora import canonical_safetensors
+
+    tensors = {"b.weight": torch.arange(6.0).reshape(2, 3), "a.weight": torch.ones(4)}
+    save_file(tensors, str(tmp_path / "x.safetensors"), metadata={"format": "pt", "lora": '{"r": 2}'})
+    data = (tmp_path / "x.safetensors").read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    reordered = json.dumps(dict(reversed(list(header.items())))).encode()
+    reordered += b" " * (-len(reordered) % 8)
+    (tmp_path / "y.safetensors").write_bytes(struct.pack("<Q", len(reordered)) + reordered + data[8 + n:])
+    assert (tmp_path / "x.safetensors").read_bytes() != (tmp_path / "y.safetensors").read_bytes()
+    for name in ("x", "y"):
+        canonical_safetensors(tmp_path / f"{name}.safetensors")
+    assert (tmp_path / "x.safetensors").read_bytes() == (tmp_path / "y.safetensors").read_bytes()
+    loaded = load_file(str(tmp_path / "x.safetensors"))
+    assert all(torch.equal(loaded[k], v) for k, v in tensors.items())

@@ -59,7 +59,9 @@ def env(**extra) -> dict:
 
 
 def cli(args: list[str], **extra) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "tempflow", "train", "--no-progress", *args],
+    # the config names the test's own reward factory, allowed explicitly (docs/security.md)
+    return subprocess.Popen([sys.executable, "-m", "tempflow", "train", "--no-progress",
+                             "--allow-import", "resume_rewards", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(**extra),
                             start_new_session=True)
 
@@ -101,6 +103,8 @@ def assert_same_run(a: Path, b: Path) -> None:
     la = load_file(str(a / "lora" / "pytorch_lora_weights.safetensors"))
     lb = load_file(str(b / "lora" / "pytorch_lora_weights.safetensors"))
     assert all(torch.equal(la[k], lb[k]) for k in la)
+    lora_file = Path("lora") / "pytorch_lora_weights.safetensors"
+    assert (a / lora_file).read_bytes() == (b / lora_file).read_bytes()  # metadata too, byte for byte
     assert metrics(a) == metrics(b)
 
 
@@ -251,6 +255,11 @@ def test_sigkill_at_random_moments_then_resume_matches(reference):
         rc, _ = finish(p)
         assert rc == -signal.SIGKILL
         rc, err = finish(cli(["--resume", str(root / name)]))
+        if not ck.list_checkpoints(root / name / "checkpoints"):  # killed before the first save
+            before = (root / name / "metrics.jsonl").read_bytes()
+            assert rc == 2 and "no valid checkpoint" in err and "--overwrite" in err, err
+            assert (root / name / "metrics.jsonl").read_bytes() == before  # nothing was touched
+            rc, err = finish(cli(["--config", str(root / name / "config.yaml"), "--overwrite"]))  # as advised
         assert rc == 0, err
         assert_same_run(root / "reference", root / name)
 
@@ -293,7 +302,8 @@ def test_two_processes_killed_and_resumed_match(reference):
     if not launcher.exists():
         pytest.skip("accelerate launcher not installed")
     base = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-            "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "tempflow", "train", "--no-progress"]
+            "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "tempflow", "train", "--no-progress",
+            "--allow-import", "resume_rewards"]
 
     def launch(args):
         return subprocess.Popen(base + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -172,9 +172,11 @@ class EvalTarget:
 LORA_FILE = "pytorch_lora_weights.safetensors"
 
 
-def resolve_target(path: str | None, model: str | None = None, lora: str | None = None) -> EvalTarget:
+def resolve_target(path: str | None, model: str | None = None, lora: str | None = None,
+                   allow_imports: tuple[str, ...] | list[str] = ()) -> EvalTarget:
     """A run folder (config.yaml + lora/), a LoRA folder, a checkpoint / diffusers folder, or
-    None (``model`` and ``lora`` as given; None is the shipped base). UserError otherwise."""
+    None (``model`` and ``lora`` as given; None is the shipped base). UserError otherwise.
+    A run's config may name reward factories only from ``allow_imports`` (docs/security.md)."""
     from tempflow.errors import UserError
 
     if path is None:
@@ -185,7 +187,7 @@ def resolve_target(path: str | None, model: str | None = None, lora: str | None 
                         f"folder, a checkpoint folder, or nothing for the base model")
     if (p / "config.yaml").is_file():
         from tempflow.config import load_config
-        cfg = load_config(p / "config.yaml")
+        cfg = load_config(p / "config.yaml", allow_imports=allow_imports)
         if cfg.model.lora is None:
             raise UserError(f"run {path!r} fine-tuned all weights and saved no LoRA; evaluate a "
                             f"run trained with model.lora set")

@@ -11,7 +11,7 @@ from tempflow.config import load_config
 from tempflow.training.distributed import Dist
 from tempflow.training.trainer import Trainer
 
-cfg = load_config(sys.argv[1])
+cfg = load_config(sys.argv[1], allow_imports=["toy_rewards", "resume_rewards"])  # the tests' own rewards
 dist = Dist()
 trainer = Trainer(cfg, dist)
 initial = [p.detach().clone() for p in trainer.model.trainable_parameters()]

@@ -6,6 +6,8 @@ from pathlib import Path
 
 
 def add_parser(sub) -> None:
+    from tempflow.cli import args as A
+
     p = sub.add_parser("eval", help="GenEval-style evaluation of a run, LoRA, checkpoint or the base",
                        description="Deterministic ODE sampling on a prompt list (the held-out "
                        "shapes prompts by default), several images per prompt: the shapes "
@@ -22,13 +24,17 @@ def add_parser(sub) -> None:
     p.add_argument("--split", default=None, help="shorthand for --prompts shapes:SPLIT (heldout or train)")
     p.add_argument("--reward", default=None, metavar="NAME",
                    help="also score with this reward (default: the run's reward, else none)")
-    p.add_argument("--num", type=int, default=4, help="images per prompt (default 4)")
-    p.add_argument("--steps", type=int, default=None, help="ODE steps (default: the run's sampling.eval_steps, else 20)")
-    p.add_argument("--shift", type=float, default=None)
-    p.add_argument("--cfg", type=float, default=None, help="CFG scale (<= 1 disables)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the initial noise (same seed: same noise for any model)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--num", type=A.positive, default=4, help="images per prompt (default 4)")
+    p.add_argument("--steps", type=A.positive, default=None,
+                   help="ODE steps (default: the run's sampling.eval_steps, else 20)")
+    p.add_argument("--shift", type=A.number(0, strict=True), default=None,
+                   help="time shift of the sigma schedule, > 0 (default: the run's, else the model's)")
+    p.add_argument("--cfg", type=A.number(0), default=None, help="CFG scale (<= 1 disables)")
+    p.add_argument("--seed", type=A.seed, default=0, help="seed of the initial noise (same seed: same noise for any model)")
+    p.add_argument("--device", type=A.device, default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--out", default=None, help="folder for eval.json and one grid per category")
+    from tempflow.cli.train_cmd import add_allow_import
+    add_allow_import(p)
     p.set_defaults(run=run)
 
 
@@ -51,15 +57,12 @@ def _settings(args, target) -> dict:
     }
 
 
-def _check(args, s: dict) -> None:
-    from tempflow.errors import UserError
+def _check(args) -> None:
+    """Output paths before any sampling: --out is a folder that exists or can be created."""
+    from tempflow.cli.args import writable_folder
 
-    if args.num < 1:
-        raise UserError(f"--num must be >= 1, got {args.num}")
-    if s["steps"] < 1:
-        raise UserError(f"--steps must be >= 1, got {s['steps']}")
-    if args.device not in (None, "cpu", "cuda") and not str(args.device).startswith("cuda:"):
-        raise UserError(f"--device must be cpu or cuda, got {args.device!r}")
+    if args.out is not None:
+        writable_folder(args.out, "--out")
 
 
 def run(args) -> int:
@@ -74,9 +77,9 @@ def run(args) -> int:
     from tempflow.rewards import build_reward, reward_from_config
     from tempflow.training.prompts import PromptSet
 
-    target = resolve_target(args.target, args.model, args.lora)
+    _check(args)
+    target = resolve_target(args.target, args.model, args.lora, args.allow_imports)
     s = _settings(args, target)
-    _check(args, s)
     family = model_family(target.model)
     prompt_set = PromptSet.load(s["prompts"])
     shapes_prompts = s["prompts"].startswith("shapes:")

@@ -4,20 +4,26 @@ from __future__ import annotations
 
 
 def add_parser(sub) -> None:
+    from tempflow.cli import args as A
     from tempflow.pretrain.shapes import PretrainConfig
     d = PretrainConfig()
     p = sub.add_parser("pretrain", help="pretrain the shapes demo model",
                        description="Flow-matching pretraining of the built-in shapes model on "
                        "freshly rendered scenes of the training prompts. Resumable.")
     p.add_argument("--out", default=d.out, help=f"output checkpoint folder (default {d.out})")
-    p.add_argument("--steps", type=int, default=d.steps)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--save-every", type=int, default=d.save_every)
-    p.add_argument("--sigma-sampling", choices=("uniform", "logit_normal"), default=d.sigma_sampling)
+    p.add_argument("--steps", type=A.positive, default=d.steps, help=f"optimizer steps (default {d.steps})")
+    p.add_argument("--batch-size", type=A.int_in(1, 4096), default=d.batch_size,
+                   help=f"rendered scenes per step (default {d.batch_size})")
+    p.add_argument("--lr", type=A.number(0, strict=True, hi=1.0), default=d.lr,
+                   help=f"AdamW learning rate (default {d.lr:g})")
+    p.add_argument("--seed", type=A.seed, default=d.seed, help=f"seed of weights, scenes and noise (default {d.seed})")
+    p.add_argument("--save-every", type=A.positive, default=d.save_every,
+                   help=f"write the model and a resumable state every this many steps (default {d.save_every})")
+    p.add_argument("--sigma-sampling", choices=("uniform", "logit_normal"), default=d.sigma_sampling,
+                   help=f"how training noise levels are drawn (default {d.sigma_sampling})")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--layers", type=int, default=None, help="transformer layers (architecture)")
+    p.add_argument("--layers", type=A.int_in(1, 64), default=None,
+                   help="transformer layers (architecture; default the shipped model's)")
     p.set_defaults(run=run)
 
 

@@ -6,26 +6,51 @@ import time
 
 
 def add_parser(sub) -> None:
+    from tempflow.cli import args as A
+
     p = sub.add_parser("sample", help="draw a grid of images for a prompt",
                        description="Sample images with the probability-flow ODE (or the SDE with "
                        "--noise-level) and save them as a PNG grid with a .json sidecar.")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--prompt", help="the prompt, e.g. 'two red circles'")
     g.add_argument("--prompts", metavar="FILE", help="text file, one prompt per line")
-    p.add_argument("--num", type=int, default=8, help="images per prompt (default 8)")
-    p.add_argument("--out", default="grid.png", help="output PNG (default grid.png)")
+    p.add_argument("--num", type=A.int_in(1, 4096), default=8, help="images per prompt (default 8)")
+    p.add_argument("--out", default="grid.png", help="output PNG (default grid.png); its layout "
+                   "and prompts go to the .json of the same name")
     p.add_argument("--model", default=None, help="'shapes' (default, the shipped base), a "
                    "checkpoint folder, or an SD3 pipeline folder / hub id")
     p.add_argument("--lora", metavar="DIR", default=None,
                    help="load a LoRA saved by `tempflow train` (diffusers format) onto the model")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (model default)")
-    p.add_argument("--shift", type=float, default=None, help="schedule time shift (model default)")
-    p.add_argument("--cfg", type=float, default=None, help="guidance scale; 1 disables CFG")
-    p.add_argument("--noise-level", type=float, default=0.0,
+    p.add_argument("--steps", type=A.int_in(1, 1000), default=None, help="sampling steps (model default)")
+    p.add_argument("--shift", type=A.number(0, strict=True), default=None,
+                   help="schedule time shift, > 0 (model default)")
+    p.add_argument("--cfg", type=A.number(0), default=None, help="guidance scale; 1 disables CFG")
+    p.add_argument("--noise-level", type=A.number(0), default=0.0,
                    help="SDE noise level a (0 = deterministic ODE, default)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--scale", type=int, default=4, help="nearest-neighbour upscale in the PNG")
+    p.add_argument("--seed", type=A.seed, default=0, help="seed of the initial noise (default 0)")
+    p.add_argument("--scale", type=A.int_in(1, 16), default=4, help="nearest-neighbour upscale in the PNG (1..16)")
     p.set_defaults(run=run)
+
+
+def check_out(out: str) -> None:
+    """--out is a .png in a writable folder, and its .json sidecar, if there is one, was
+    written by tempflow (a file of the user's is never replaced)."""
+    import json
+
+    from tempflow.cli.args import writable_file
+    from tempflow.errors import UserError
+    from tempflow.utils.images import SIDECAR_KEYS
+
+    path = writable_file(out, "--out", (".png",))
+    side = path.with_suffix(".json")
+    if side.exists():
+        try:
+            ours = SIDECAR_KEYS <= set(json.loads(side.read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError):
+            ours = False
+        if not ours:
+            raise UserError(f"--out {out!r} would replace {str(side)!r}, which is not a grid layout "
+                            f"tempflow wrote; choose another --out or move that file")
 
 
 def run(args) -> int:
@@ -40,12 +65,7 @@ def run(args) -> int:
     from tempflow.utils.images import save_grid
     from tempflow.utils.prompts import read_prompt_file
 
-    if args.num < 1:
-        raise UserError(f"--num must be >= 1, got {args.num}")
-    if args.steps is not None and args.steps < 1:
-        raise UserError(f"--steps must be >= 1, got {args.steps}")
-    if args.noise_level < 0:
-        raise UserError(f"--noise-level must be >= 0, got {args.noise_level}")
+    check_out(args.out)
     set_threads()
     prompts = [args.prompt] if args.prompt is not None else read_prompt_file(args.prompts)
     defaults = SAMPLING_DEFAULTS[model_family(args.model)]

@@ -17,26 +17,36 @@ def add_parser(sub) -> None:
                    help="override a config field, e.g. --set algorithm.num_branches=6 (repeatable)")
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue the run in RUN_DIR from its newest valid checkpoint (its "
-                   "config.yaml is used; --set may change only train.iterations and run.*)")
+                   "config.yaml is used; --set may change train.iterations, run.*, and with a "
+                   "warning train.lr, train.weight_decay, train.grad_clip)")
     p.add_argument("--overwrite", action="store_true",
-                   help="start afresh in run.out even if it holds a run (its run files are deleted)")
+                   help="start afresh in run.out even if it holds a run (the files that run "
+                   "wrote are deleted; other files stay)")
+    add_allow_import(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
 
 
+def add_allow_import(p) -> None:
+    """The --allow-import flag: modules a config file may name reward factories from."""
+    p.add_argument("--allow-import", dest="allow_imports", metavar="MODULE", action="append",
+                   default=[], help="let the config name reward factories ('MODULE:factory') from "
+                   "this module or package: a config file alone may not make tempflow import code "
+                   "(repeatable; docs/security.md)")
+
+
 def resolve_config(args):
     """The run's config: --config and --set, or with --resume the run's own config.yaml with
-    the allowed --set changes and run.out = RUN_DIR."""
+    --set changes (checked against the checkpoint when training starts) and run.out = RUN_DIR."""
     import dataclasses
     from pathlib import Path
 
     from tempflow.config import load_config
     from tempflow.errors import UserError
-    from tempflow.training.run_dir import check_resume_changes
 
     if args.resume is None:
         overrides = [*args.overrides, *(["run.overwrite=true"] if args.overwrite else [])]
-        return load_config(args.config, overrides)
+        return load_config(args.config, overrides, args.allow_imports)
     if args.config is not None or args.overwrite:
         raise UserError("--resume continues a run with its own config.yaml: drop "
                         f"{'--config' if args.config is not None else '--overwrite'}")
@@ -44,9 +54,7 @@ def resolve_config(args):
     if not saved_file.is_file():
         raise UserError(f"--resume {args.resume}: no run there ({saved_file} not found); give the "
                         f"run.out folder of an earlier `tempflow train`")
-    saved = load_config(saved_file)
-    cfg = load_config(saved_file, args.overrides)
-    check_resume_changes(saved, cfg)
+    cfg = load_config(saved_file, args.overrides, args.allow_imports)
     return dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, out=str(args.resume)))
 
 

@@ -265,14 +265,19 @@ def config_from_dict(data: Mapping) -> TrainConfig:
     return from_mapping(_train_config(), data)
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
+def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = (),
+                allow_imports: Sequence[str] = ()) -> TrainConfig:
     """Defaults, then the YAML file ``path`` (None: none), then ``key=value`` overrides.
 
     Each override's value is YAML: ``algorithm.branch_points=[0,2,4]``, ``model.lora=null``,
     ``sampling.guidance_scale=4.5``, ``algorithm.branching=false``. Raises UserError for a
     missing or invalid file, an unknown key (with the closest valid key), a value of the wrong
-    type or out of range.
+    type or out of range, and for a reward factory path ('module:attr') that comes from the
+    file when its module is not in ``allow_imports`` (a file is not trusted to run code; an
+    override is: see :mod:`tempflow.config.trust`).
     """
+    from tempflow.config.trust import check_file_imports
+
     cls = _train_config()
     data: dict = {}
     if path is not None:
@@ -281,8 +286,12 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
             _check_keys(data, cls)
         except UserError as err:
             raise UserError(f"config file {path}: {err}") from None
+    typed = []
     for item in overrides:
         apply_override(data, item, cls)
+        typed.append(parse_override(item)[1])
+    if path is not None:
+        check_file_imports(data, f"config file {path}", allow_imports, typed)
     return config_from_dict(data)
 
 

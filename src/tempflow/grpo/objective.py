@@ -87,10 +87,11 @@ def grpo_loss(model: FlowModel, batch: Transitions, cfg: ObjectiveConfig) -> tup
     expand = lambda t: t.unsqueeze(1).expand(r, k, *t.shape[1:]).reshape(r * k, *t.shape[1:])  # noqa: E731
     step = sde_step(expand(batch.starts), expand(v), expand(batch.sigma), expand(batch.sigma_next),
                     cfg.noise_level, sample=batch.samples.reshape(r * k, *shape))
-    valid = batch.valid.reshape(-1)
-    pol = clipped_policy_loss(step.log_prob[valid], batch.old_log_probs.reshape(-1)[valid],
-                              batch.advantages.reshape(-1)[valid], cfg.clip_range,
-                              expand(batch.weights)[valid])
+    dev = step.log_prob.device  # advantages and weights are computed on the CPU
+    valid = batch.valid.to(dev).reshape(-1)
+    pol = clipped_policy_loss(step.log_prob[valid], batch.old_log_probs.to(dev).reshape(-1)[valid],
+                              batch.advantages.to(dev).reshape(-1)[valid], cfg.clip_range,
+                              expand(batch.weights.to(dev))[valid])
     loss = pol.loss
     kl_value = torch.zeros(())
     if cfg.beta > 0:
@@ -103,7 +104,7 @@ def grpo_loss(model: FlowModel, batch: Transitions, cfg: ObjectiveConfig) -> tup
                             sample=batch.starts).mean
         g, s = sde_std(batch.sigma, batch.sigma_next, cfg.noise_level)
         kl_rows = kl_penalty(mean, mean_ref, s if cfg.kl_std == "s" else g)  # [R]
-        counts = batch.valid.float().sum(dim=1)
+        counts = batch.valid.to(kl_rows.device).float().sum(dim=1)
         kl_value = (kl_rows * counts).sum() / counts.sum().clamp(min=1)
         loss = loss + cfg.beta * kl_value
     stats = {"policy_loss": float(pol.loss.detach()), "kl": float(kl_value.detach()),

@@ -50,7 +50,7 @@ def rollout_flow_grpo(model: FlowModel, cond: Conditioning, noise: Tensor, sigma
             eps = step_noise[j] if step_noise is not None else None
             x, _, _, lp = sde_step(x, v, sig, nxt, noise_level, noise=eps, generator=generator)
         else:
-            x, lp = ode_step(x, v, sig, nxt), torch.zeros(n)
+            x, lp = ode_step(x, v, sig, nxt), torch.zeros(n, device=x.device)
         xs.append(x)
         logps.append(lp)
     return FlowGRPORollout(torch.stack(xs), torch.stack(logps), x)

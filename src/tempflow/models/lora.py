@@ -202,6 +202,24 @@ def load_lora_state_dict(module: nn.Module, state_dict: Mapping[str, Tensor]) ->
         set_peft_model_state_dict(module, dict(state_dict), adapter_name=name)
 
 
+def canonical_safetensors(path: Path) -> None:
+    """Rewrite a safetensors file's JSON header with sorted keys, so equal tensors and metadata
+    give equal bytes (the writer's header order can vary from process to process). The file
+    format: 8-byte little-endian header length, the JSON header padded with spaces to a
+    multiple of 8, then the tensor data (offsets relative to its start, so they stay valid)."""
+    import json
+    import os
+    import struct
+
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.dumps(json.loads(data[8:8 + n]), sort_keys=True, separators=(",", ":")).encode("utf-8")
+    header += b" " * (-len(header) % 8)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(struct.pack("<Q", len(header)) + header + data[8 + n:])
+    os.replace(tmp, path)
+
+
 class TransformerAdapterMixin:
     """Training-facing methods for models whose denoiser is ``self.transformer`` (a diffusers
     ModelMixin): LoRA attach / save / load in diffusers format, trainable parameters, and the
@@ -255,9 +273,12 @@ class TransformerAdapterMixin:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         config = self.transformer.peft_config[adapter_name(self.transformer)].to_dict()
+        # peft keeps target_modules as a set: sorted, the file is the same bytes in every process
+        config = {k: sorted(v) if isinstance(v, (set, frozenset)) else v for k, v in config.items()}
         StableDiffusion3Pipeline.save_lora_weights(
             directory, transformer_lora_layers=lora_state_dict(self.transformer),
             transformer_lora_adapter_metadata=config)
+        canonical_safetensors(directory / "pytorch_lora_weights.safetensors")
         return directory
 
     def load_lora(self, directory) -> None:
@@ -271,7 +292,9 @@ class TransformerAdapterMixin:
             raise UserError(f"LoRA folder {str(directory)!r} does not exist; pass a folder written "
                             f"by save_lora (containing pytorch_lora_weights.safetensors)")
         try:
-            sd, metadata = StableDiffusion3Pipeline.lora_state_dict(str(path), return_lora_metadata=True)
+            # safetensors only: a pickled .bin LoRA is never unpickled
+            sd, metadata = StableDiffusion3Pipeline.lora_state_dict(str(path), return_lora_metadata=True,
+                                                                    use_safetensors=True)
         except Exception as e:
             raise UserError(f"could not read LoRA weights from {str(directory)!r} ({e}); pass a "
                             f"folder written by save_lora") from None

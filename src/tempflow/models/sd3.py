@@ -42,6 +42,29 @@ def _dtype_kwarg(dtype: torch.dtype) -> dict:
     return {"dtype": dtype} if hasattr(deprecation_utils, "_resolve_dtype") else {"torch_dtype": dtype}
 
 
+#: the libraries a pipeline's model_index.json may name its components from
+SAFE_LIBRARIES = ("diffusers", "transformers", None)
+
+
+def check_model_index(path: Path) -> None:
+    """UserError unless every component of ``path``/model_index.json comes from diffusers or
+    transformers: diffusers imports the library a downloaded folder names (older versions
+    import any name), and an import runs code."""
+    import json
+
+    try:
+        index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))
+        entries = {k: v for k, v in index.items() if not k.startswith("_")}
+    except (OSError, ValueError, AttributeError) as e:
+        raise UserError(f"{str(path)!r}: model_index.json is unreadable ({type(e).__name__}); {_HINT}") from None
+    for key, value in entries.items():
+        library = value[0] if isinstance(value, list) and value else None
+        if library not in SAFE_LIBRARIES:
+            raise UserError(f"{str(path)!r}: model_index.json names component {key!r} from library "
+                            f"{library!r}; tempflow loads components from diffusers and transformers only "
+                            f"(importing another library would run its code)")
+
+
 class SD3Model(TransformerAdapterMixin, FlowModel):
     """SD3 / SD3.5 flow model. Latents [16, res/8, res/8] for the real model.
 
@@ -115,9 +138,11 @@ class SD3Model(TransformerAdapterMixin, FlowModel):
                 raise UserError(f"model folder {name!r} does not exist; {_HINT}")
             if not (path / "model_index.json").is_file():
                 raise UserError(f"{name!r} is not a diffusers model folder (no model_index.json); {_HINT}")
+            check_model_index(path)
             name = str(path)
         try:
-            pipe = StableDiffusion3Pipeline.from_pretrained(name, **_dtype_kwarg(dtype))
+            # safetensors only: a pickled .bin in a downloaded folder is never unpickled
+            pipe = StableDiffusion3Pipeline.from_pretrained(name, use_safetensors=True, **_dtype_kwarg(dtype))
         except Exception as e:
             if local:
                 raise UserError(f"could not load an SD3 pipeline from {name!r} ({type(e).__name__}: "

@@ -77,17 +77,55 @@ def _save_state(path: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
-def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -> Path:
-    """Train a shapes model from scratch; returns the output folder (a loadable checkpoint)."""
-    from tempflow.shapes import load_prompts, vocabulary
+def check_out(out: Path, resume: bool) -> None:
+    """--out: with ``resume`` a folder holding a pretraining state; else a new or empty folder,
+    so no file of the user's is replaced. UserError otherwise (nothing is created)."""
+    from tempflow.cli.args import writable_folder
 
-    out = Path(cfg.out)
+    writable_folder(out, "--out")
     state_file = out / STATE_NAME
     if resume and not state_file.is_file():
         raise UserError(f"--resume: no {STATE_NAME} in {out} (start without --resume)")
     if not resume and state_file.exists():
         raise UserError(f"{out} already holds a pretraining run (add --resume to continue it, "
                         f"or choose another --out)")
+    if not resume and out.is_dir() and any(out.iterdir()):
+        raise UserError(f"--out {str(out)!r} is not empty; pretraining writes into a new or empty "
+                        f"folder: choose another --out")
+
+
+def _read_state(path: Path, cfg: PretrainConfig) -> dict:
+    """The training state of an interrupted run, loaded weights-only (no code can run from
+    the file); UserError if it is unreadable or was made with other options."""
+    try:
+        st = torch.load(path, map_location="cpu", weights_only=True)
+        saved = {k: v for k, v in st["config"].items() if k != "steps"}
+    except Exception as e:  # a damaged or foreign file: pickle, zip and key errors alike
+        raise UserError(f"{path} cannot be read as a pretraining state ({type(e).__name__}); "
+                        f"start a new --out") from None
+    if saved != {k: v for k, v in _plain(asdict(cfg)).items() if k != "steps"}:
+        raise UserError(f"{path} was made with other options; resume with the same "
+                        f"options (only --steps may grow) or start a new --out")
+    return st
+
+
+def _plain(value):
+    """Tuples as lists, recursively (how a state's config reads back)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -> Path:
+    """Train a shapes model from scratch; returns the output folder (a loadable checkpoint)."""
+    from tempflow.shapes import load_prompts, vocabulary
+
+    out = Path(cfg.out)
+    state_file = out / STATE_NAME
+    check_out(out, resume)
+    st = _read_state(state_file, cfg) if resume else None
     out.mkdir(parents=True, exist_ok=True)
 
     mcfg = cfg.model or ShapesModelConfig(vocab=vocabulary())
@@ -100,12 +138,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
     gen = torch.Generator().manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     step, losses = 0, []
-    if resume:
-        st = torch.load(state_file, map_location="cpu", weights_only=False)
-        saved = {k: v for k, v in st["config"].items() if k != "steps"}
-        if saved != {k: v for k, v in asdict(cfg).items() if k != "steps"}:
-            raise UserError(f"{state_file} was made with other options; resume with the same "
-                            f"options (only --steps may grow) or start a new --out")
+    if st is not None:
         modules.load_state_dict(st["model"])
         ema.load_state_dict(st["ema"])
         opt.load_state_dict(st["opt"])
@@ -151,7 +184,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
         bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
         if step % cfg.save_every == 0 or step == cfg.steps:
             _save_state(state_file, {
-                "config": asdict(cfg), "step": step, "losses": losses,
+                "config": _plain(asdict(cfg)), "step": step, "losses": losses,
                 "model": modules.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
                 "sched": sched.state_dict(), "torch_rng": gen.get_state(),
                 "numpy_rng": rng.bit_generator.state})

@@ -51,11 +51,15 @@ def head_file(head: str) -> Path:
 def load_head(head: str, dim: int, device: torch.device, dtype: torch.dtype) -> AestheticMLP:
     """The MLP with weights from a .pth / .bin (torch state dict) or .safetensors file."""
     path = head_file(head)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            state = load_file(str(path))
+        else:  # weights only: a pickle that would run code is refused
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # safetensors / torch raise their own types for bad files
+        raise UserError(f"aesthetic head {head!r} cannot be read as weights ({type(e).__name__}); give "
+                        f"a .safetensors or weights-only .pth state dict in reward.kwargs.head") from None
     mlp = AestheticMLP(dim)
     try:
         mlp.load_state_dict(state)

@@ -42,10 +42,10 @@ def resolve_factory(name: str) -> Callable[..., Reward]:
     if ":" in name:
         module, _, attr = name.partition(":")
         try:
-            return getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as e:
-            raise UserError(f"reward {name!r} cannot be imported ({e}); give 'module.path:factory' "
-                            f"of an importable function") from None
+            return getattr(importlib.import_module(module.strip()), attr.strip())
+        except Exception as e:  # ImportError, AttributeError, an empty or relative name, a broken module
+            raise UserError(f"reward {name!r} cannot be imported ({type(e).__name__}: {e}); give "
+                            f"'module.path:factory' of an importable function") from None
     if name in REGISTRY:
         return REGISTRY[name]
     raise UserError(f"unknown reward {name!r}: known rewards are {', '.join(sorted(REGISTRY))} "
@@ -55,10 +55,17 @@ def resolve_factory(name: str) -> Callable[..., Reward]:
 def build_reward(name: str, **kwargs: Any) -> Reward:
     """A registered reward by name, or ``module.path:factory`` called with ``kwargs``."""
     factory = resolve_factory(name)
+    if not callable(factory):
+        raise UserError(f"reward {name!r} is a {type(factory).__name__}, not a factory function; "
+                        f"give 'module.path:factory' of a function that returns a reward")
     try:
-        return factory(**kwargs)
+        reward = factory(**kwargs)
     except TypeError as e:
         raise UserError(f"reward {name!r} does not take these arguments: {e} (fix reward.kwargs)") from None
+    if not callable(reward):
+        raise UserError(f"reward {name!r} returned a {type(reward).__name__}, not a reward; its factory "
+                        f"must return a callable reward(images, prompts) -> one float per image")
+    return reward
 
 
 def score(reward: Reward, images: Tensor, prompts: Sequence[str],

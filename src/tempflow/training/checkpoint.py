@@ -202,16 +202,26 @@ def verify(path: Path) -> Checkpoint:
     return Checkpoint(path, iteration, meta)
 
 
-def latest_checkpoint(root: Path, report: bool = True) -> Checkpoint | None:
-    """The newest valid checkpoint in ``root`` (None if there is none); each damaged newer one
-    is skipped, with a warning if ``report``."""
+def scan_checkpoints(root: Path) -> tuple[Checkpoint | None, list[tuple[Path, str]]]:
+    """(the newest valid checkpoint in ``root`` or None, [(folder, what is wrong)] of the
+    damaged ones newer than it)."""
+    damaged = []
     for _, path in list_checkpoints(root):
         try:
-            return verify(path)
+            return verify(path), damaged
         except DamagedCheckpoint as e:
-            if report:
-                warn(f"checkpoint {path} is damaged ({e}); trying the one before it")
-    return None
+            damaged.append((path, str(e)))
+    return None, damaged
+
+
+def latest_checkpoint(root: Path, report: bool = True) -> Checkpoint | None:
+    """The newest valid checkpoint in ``root`` (None if there is none); when one is found,
+    each damaged newer one is reported with a warning if ``report``."""
+    found, damaged = scan_checkpoints(root)
+    if found is not None and report:
+        for path, why in damaged:
+            warn(f"checkpoint {path} is damaged ({why}); using an older one")
+    return found
 
 
 def load_checkpoint(ckpt: Checkpoint) -> tuple[dict[str, torch.Tensor], dict]:

@@ -15,6 +15,7 @@ from tempflow.config import TrainConfig
 from tempflow.errors import UserError
 from tempflow.training import checkpoint as ckpt_io
 from tempflow.training.distributed import Dist
+from tempflow.training.resume import config_record, find_resume_checkpoint
 from tempflow.training.run_dir import RunDir, check_new_run, ensure_writable
 from tempflow.training.trainer import Trainer
 
@@ -74,7 +75,7 @@ def save(trainer: Trainer, run: RunDir, dist: Dist, done: int, streak: int):
                    **{f"ema.{k}": v for k, v in sd["ema"].items()}}
         state = {"optimizer": sd["optimizer"], "ema_steps": sd["ema_steps"], "rng": rngs,
                  "nonfinite_streak": streak, "reward_failure_streak": sd["reward_failure_streak"]}
-        meta = {"metrics_bytes": run.metrics_bytes(), "world": dist.world}
+        meta = {"metrics_bytes": run.metrics_bytes(), "world": dist.world, **config_record(cfg)}
         path = ckpt_io.save_checkpoint(run.path / ckpt_io.FOLDER, done, tensors, state, meta,
                                        cfg.run.keep_checkpoints)
         if cfg.model.lora is not None:
@@ -84,26 +85,24 @@ def save(trainer: Trainer, run: RunDir, dist: Dist, done: int, streak: int):
 
 
 def _export_lora(trainer: Trainer, run: RunDir) -> None:
-    """lora/ (EMA weights, diffusers format), replaced as a whole."""
+    """lora/ (EMA weights, diffusers format): each file written aside, then renamed over the
+    old one (atomic); other files in lora/ stay."""
+    import os
     import shutil
 
     tmp, final = run.path / ".lora-tmp", run.path / "lora"
     shutil.rmtree(tmp, ignore_errors=True)
     with trainer.ema.applied():
         trainer.model.save_lora(tmp)
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
+    final.mkdir(exist_ok=True)
+    for f in tmp.iterdir():
+        os.replace(f, final / f.name)
+    tmp.rmdir()
 
 
-def restore(trainer: Trainer, run: RunDir, dist: Dist) -> tuple[int, int, object]:
-    """Load the newest valid checkpoint of ``run``: (iterations done, non-finite streak, its
-    folder or None). Without one the run starts again from iteration 0."""
-    found = ckpt_io.latest_checkpoint(run.path / ckpt_io.FOLDER, report=dist.is_main)
-    if found is None:
-        if dist.is_main:
-            ckpt_io.warn(f"no valid checkpoint in {run.path / ckpt_io.FOLDER}; starting from iteration 0")
-        run.start(trainer.cfg)
-        return 0, 0, None
+def restore(trainer: Trainer, run: RunDir, dist: Dist, found: ckpt_io.Checkpoint) -> tuple[int, int, object]:
+    """Load checkpoint ``found`` (see :func:`find_resume_checkpoint`) into the trainer and cut
+    the run's logs back to it: (iterations done, non-finite streak, its folder)."""
     tensors, state = ckpt_io.load_checkpoint(found)
     sd = {"params": {k[7:]: v for k, v in tensors.items() if k.startswith("params.")},
           "ema": {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")},
@@ -115,16 +114,17 @@ def restore(trainer: Trainer, run: RunDir, dist: Dist) -> tuple[int, int, object
         ckpt_io.warn(f"checkpoint {found.path} was written by {len(rngs)} processes and this run has "
                      f"{dist.world}: results match an uninterrupted run only up to float rounding")
     ckpt_io.set_rng_state(rngs[min(dist.rank, len(rngs) - 1)])
-    run.write_config(trainer.cfg)
     run.resume(found.meta["metrics_bytes"], found.iteration)
+    run.write_config(trainer.cfg)
     return found.iteration, int(state["nonfinite_streak"]), found.path
 
 
 def _nonfinite_error(cfg: TrainConfig, it: int, last) -> UserError:
     where = f"the newest checkpoint {last} is intact" if last else "no checkpoint was written yet"
     return UserError(f"{cfg.train.max_nonfinite} iterations in a row (up to iteration {it}) had a "
-                     f"non-finite model output, loss or gradient; {where}: lower train.lr or check "
-                     f"the model and reward, then continue with `tempflow train --resume {cfg.run.out}`")
+                     f"non-finite model output, loss or gradient; {where}: continue with a lower "
+                     f"learning rate, `tempflow train --resume {cfg.run.out} --set train.lr={cfg.train.lr / 10:g}`, "
+                     f"or check the model and reward")
 
 
 # ---------------------------------------------------------------------------- the loop
@@ -161,10 +161,12 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = False) -> RunD
     valid checkpoint); returns the run directory. ``run.stopped`` says why it ended early."""
     dist = Dist()
     run = RunDir(cfg.run.out, main=dist.is_main)
-    created = False
+    created, found = False, None
+    if resume:  # nothing is changed before these checks pass
+        found = find_resume_checkpoint(run.path, cfg, report=dist.is_main)
+    elif dist.is_main:
+        check_new_run(run.path, cfg)
     if dist.is_main:
-        if not resume:
-            check_new_run(run.path, cfg)
         created = ensure_writable(run.path)
     try:
         trainer = Trainer(cfg, dist)
@@ -172,7 +174,7 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = False) -> RunD
         if created and not any(run.path.iterdir()):
             run.path.rmdir()  # leave no empty folder behind a failed start
         raise
-    start, streak, last = restore(trainer, run, dist) if resume else (0, 0, None)
+    start, streak, last = restore(trainer, run, dist, found) if resume else (0, 0, None)
     if not resume:
         run.start(cfg)
     run.stopped = None

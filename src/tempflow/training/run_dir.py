@@ -1,56 +1,125 @@
 """The run directory: resolved config, metrics.jsonl, TensorBoard events, grids, reward curve,
-checkpoints. Nothing in an existing run is changed unless the user asks (--resume, --overwrite)."""
+checkpoints. A run folder carries a marker file (tempflow-run.json); tempflow writes only into
+an empty or new folder or a folder with that marker, and nothing in an existing run is changed
+unless the user asks (--resume, --overwrite). --overwrite removes only files tempflow wrote."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
-import shutil
+import re
 from pathlib import Path
 
 from tempflow.errors import UserError
 
-#: what a run writes (removed by --overwrite; nothing else in the folder is touched)
-RUN_FILES = ("config.yaml", "metrics.jsonl", "reward_curve.png", "tb", "grids", "lora", "checkpoints")
-#: config keys that may change when a run is resumed (they do not change its results so far)
-RESUMABLE_KEYS = ("train.iterations", "run.")
+MARKER = "tempflow-run.json"
+#: the first line of every config.yaml tempflow writes (runs from before the marker file)
+CONFIG_HEADER = "# tempflow training config"
+#: what a run writes, by name: files at the top, and per sub-folder the names of its entries
+RUN_FILES = (MARKER, "config.yaml", "metrics.jsonl", "reward_curve.png")
+RUN_FOLDERS = {
+    "checkpoints": re.compile(r"^(iter_\d{6,}|\.tmp-iter_\d{6,}-\d+)$"),
+    "checkpoints/iter_*": re.compile(r"^(weights\.safetensors|state\.pt|meta\.json)$"),
+    "grids": re.compile(r"^(eval|train)_\d{5,}\.(png|json)$"),
+    "tb": re.compile(r"^events\.out\.tfevents\..+$"),
+    "lora": re.compile(r"^pytorch_lora_weights\.safetensors$"),
+    ".lora-tmp": re.compile(r"^pytorch_lora_weights\.safetensors$"),
+}
 
 
-def _saved_config(path: Path):
-    """The TrainConfig in ``path``/config.yaml; UserError naming the file if it is unreadable."""
-    from tempflow.config import load_config
-
+def is_run(path: Path) -> bool:
+    """Whether ``path`` holds a tempflow training run: its marker file, or (older runs) a
+    config.yaml that tempflow wrote."""
     try:
-        return load_config(path / "config.yaml")
-    except UserError as e:
-        raise UserError(f"run folder {str(path)!r} has an unreadable config.yaml ({e}); pass "
-                        f"--overwrite to start afresh there, or choose another run.out") from None
+        if (path / MARKER).is_file():
+            return json.loads((path / MARKER).read_text()).get("tempflow") == "run"
+        with open(path / "config.yaml", encoding="utf-8") as f:
+            return f.readline().startswith(CONFIG_HEADER)
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
-def check_resume_changes(saved, cfg) -> None:
-    """UserError if ``cfg`` differs from the run's ``saved`` config outside RESUMABLE_KEYS."""
-    from tempflow.config import diff_configs
+def check_run_folder(path: Path, purpose: str) -> None:
+    """UserError if ``path`` exists and is neither empty nor a tempflow run (so tempflow never
+    writes into, or deletes from, a folder of someone else's files). ``purpose``: how the
+    folder was given, e.g. 'run.out'."""
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise UserError(f"{purpose} {str(path)!r} is a file, not a folder; choose another {purpose}")
+    if is_run(path):
+        return
+    try:
+        entries = sorted(p.name for p in path.iterdir())
+    except OSError as e:
+        raise UserError(f"{purpose} {str(path)!r} cannot be read ({e.strerror or e}); choose another {purpose}") from None
+    if entries:
+        shown = ", ".join(entries[:4]) + (", ..." if len(entries) > 4 else "")
+        raise UserError(f"{purpose} {str(path)!r} is not a tempflow run (no {MARKER}) and is not empty "
+                        f"(it holds {shown}); tempflow writes runs only into new or empty folders: "
+                        f"choose another {purpose}")
 
-    bad = [k for k in diff_configs(saved, cfg) if not k.startswith(RESUMABLE_KEYS) or k == "run.overwrite"]
-    if bad:
-        raise UserError(f"cannot change {', '.join(bad)} when resuming (only train.iterations and "
-                        f"run.* other than run.overwrite may change); start a new run with another "
-                        f"run.out instead")
+
+def remove_run_files(path: Path) -> None:
+    """Delete what a tempflow run wrote in ``path`` (RUN_FILES, and in RUN_FOLDERS the entries
+    named as tempflow names them); other files stay, and so do folders that still hold any."""
+    for name in RUN_FILES:
+        if (path / name).is_file():
+            (path / name).unlink()
+    for folder, pattern in RUN_FOLDERS.items():
+        if "*" in folder:
+            continue
+        root = path / folder
+        if not root.is_dir() or root.is_symlink():
+            continue
+        for entry in root.iterdir():
+            if not pattern.match(entry.name) or entry.is_symlink():
+                continue
+            if entry.is_dir():
+                inner = RUN_FOLDERS["checkpoints/iter_*"]
+                for f in entry.iterdir():
+                    if inner.match(f.name) and f.is_file() and not f.is_symlink():
+                        f.unlink()
+                _rmdir_if_empty(entry)
+            elif entry.is_file():
+                entry.unlink()
+        _rmdir_if_empty(root)
+
+
+def _rmdir_if_empty(path: Path) -> None:
+    try:
+        path.rmdir()
+    except OSError:
+        pass  # not empty: it holds files tempflow did not write
 
 
 def check_new_run(path: Path, cfg) -> None:
-    """A fresh run may not start in a folder that holds a run, unless run.overwrite."""
+    """A fresh run may start only in a new or empty folder, or (with run.overwrite) in a
+    tempflow run folder; UserError otherwise."""
     from tempflow.config import diff_configs
 
-    if not (path / "config.yaml").is_file() or cfg.run.overwrite:
+    check_run_folder(path, "run.out")
+    if not is_run(path) or cfg.run.overwrite:
         return
-    changed = [k for k in diff_configs(_saved_config(path), cfg) if k != "run.overwrite"]
+    changed = [k for k in diff_configs(saved_config(path), cfg) if k != "run.overwrite"]
     what = (f"a run with another config (differs in {', '.join(changed[:4])})" if changed
             else "a run with this config")
     raise UserError(f"run folder {str(path)!r} already holds {what}: continue it with "
                     f"`tempflow train --resume {path}`, replace it with --overwrite, or choose "
                     f"another run.out")
+
+
+def saved_config(path: Path):
+    """The TrainConfig in ``path``/config.yaml, for comparison only (no reward is built from it,
+    so factory paths are not checked); UserError naming the file if it is unreadable."""
+    from tempflow.config import config_from_dict, read_yaml
+
+    try:
+        return config_from_dict(read_yaml(path / "config.yaml"))
+    except UserError as e:
+        raise UserError(f"run folder {str(path)!r} has an unreadable config.yaml ({e}); pass "
+                        f"--overwrite to start afresh there, or choose another run.out") from None
 
 
 def ensure_writable(path: Path) -> bool:
@@ -66,6 +135,27 @@ def ensure_writable(path: Path) -> bool:
         raise UserError(f"run folder {str(path)!r} is not writable ({e.strerror or e}); choose "
                         f"another run.out") from None
     return created
+
+
+def read_metrics(path: Path, limit: int | None = None) -> list[dict]:
+    """The records of metrics.jsonl (its first ``limit`` bytes); UserError naming the line
+    if one is not a JSON object with an 'iteration'."""
+    with open(path, "rb") as f:
+        data = f.read() if limit is None else f.read(limit)
+    records = []
+    for n, line in enumerate(data.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            ok = isinstance(record, dict) and isinstance(record.get("iteration"), int)
+        except ValueError:
+            ok = False
+        if not ok:
+            raise UserError(f"{path} line {n} is not a metrics record (a JSON object with an "
+                            f"'iteration'); restore the file, or start afresh with --overwrite")
+        records.append(record)
+    return records
 
 
 class RunDir:
@@ -94,9 +184,11 @@ class RunDir:
         if not self.main:
             return
         if cfg.run.overwrite:
-            for name in RUN_FILES:
-                target = self.path / name
-                shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+            remove_run_files(self.path)
+        from tempflow import __version__
+
+        (self.path / MARKER).write_text(json.dumps({"tempflow": "run", "format": 1,
+                                                    "version": __version__}) + "\n")
         self.write_config(cfg)
         self.metrics_file.write_text("")
         self.history = []
@@ -123,9 +215,9 @@ class RunDir:
             raise UserError(f"{self.metrics_file} is shorter than its checkpoint recorded "
                             f"({size} < {metrics_bytes} bytes); restore the file or start afresh "
                             f"with --overwrite")
+        self.history = read_metrics(self.metrics_file, metrics_bytes)
         with open(self.metrics_file, "r+b") as f:
             f.truncate(metrics_bytes)
-        self.history = [json.loads(line) for line in self.metrics_file.read_text().splitlines() if line]
         self._purge_step = iteration
         for record in self.history:
             if record["iteration"] >= iteration:

@@ -38,6 +38,10 @@ def make_grid(images: Tensor, nrow: int | None = None, pad: int = 2, scale: int 
     return grid
 
 
+#: the keys of a grid's .json sidecar (how a sidecar written here is recognised)
+SIDECAR_KEYS = {"num", "nrow", "pad", "scale", "height", "width", "prompts"}
+
+
 def save_grid(images: Tensor, path: str | Path, nrow: int | None = None, pad: int = 2,
               scale: int = 4, prompts: Sequence[str] | None = None) -> Path:
     """Write a PNG grid and its layout sidecar (``path`` with suffix .json)."""
@@ -52,14 +56,22 @@ def save_grid(images: Tensor, path: str | Path, nrow: int | None = None, pad: in
     return path
 
 
+#: the largest image read from a file, in pixels (checked from the header, before decoding)
+MAX_PIXELS = 64 * 1024 * 1024
+
+
 def _read_png(path: Path) -> np.ndarray:
     if not path.is_file():
         raise UserError(f"image {str(path)!r} not found (check the path)")
     try:
         with Image.open(path) as im:
+            if im.width * im.height > MAX_PIXELS:
+                raise UserError(f"image {str(path)!r} is {im.width} x {im.height} pixels, over the "
+                                f"limit of {MAX_PIXELS} pixels; give a smaller image")
             return np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as e:
-        raise UserError(f"image {str(path)!r} is not a readable image ({e}); give a PNG or JPEG") from None
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError, SyntaxError) as e:
+        raise UserError(f"image {str(path)!r} is not a readable image ({type(e).__name__}: "
+                        f"{' '.join(str(e).split())[:200]}); give a PNG or JPEG") from None
 
 
 def load_images(path: str | Path) -> tuple[Tensor, list[str] | None]:
