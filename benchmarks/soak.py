@@ -10,7 +10,7 @@ metrics.jsonl, VmHWM) after iterations 1, N/4, N/2 and N, the resident memory at
 to N in MiB and %. The first quarter is warm-up (allocator pools, caches filling); after it
 the peak should stay flat. ``--max-growth PCT`` exits with status 1 if that growth exceeds
 PCT %. Everything is seeded (model, prompts, noise), so the training is the same on every run;
-the memory figures vary by well under 1 MiB between runs on one machine.
+the memory figures vary by 1-2 MiB between runs on one machine.
 """
 
 from __future__ import annotations

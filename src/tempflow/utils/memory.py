@@ -6,13 +6,13 @@ axes <-> artists <-> transforms, ~4,000 objects and ~1.3 MiB for the reward curv
 ``plt.close`` does not break, so only Python's cycle collector frees it. The collector runs
 often on young objects but collects the oldest generation only when the number of long-lived
 objects has grown by 25%; with torch, diffusers and transformers imported that is ~500,000
-objects, so a figure drawn every few iterations (and promoted to the oldest generation while it
-is drawn) stays in memory for ~100 figures. The training loop's reward curve piled up ~30 MiB
-of dead figures between full collections, and the peak RSS ratcheted up with each pile
-(docs/training.md, "Memory over a long run"). A full ``gc.collect()`` after each figure would
-free them too, but costs ~0.5-1 s with that many objects; with the collector paused while the
-function runs, everything it allocates stays in the youngest generation, and
-``gc.collect(0)`` frees the dead cycles in milliseconds.
+objects, i.e. after ~125,000 new ones: ~30 figures drawn every few iterations (and promoted
+to the oldest generation while they are drawn). The training loop's reward curve (every 5
+iterations) piled up ~30 MiB of dead figures between full collections, and the peak RSS
+ratcheted up with each pile (docs/training.md, "Memory over a long run"). A full
+``gc.collect()`` after each figure would free them too, but costs ~0.5-1 s with that many
+objects; with the collector paused while the function runs, everything it allocates stays in
+the youngest generation, and ``gc.collect(0)`` frees the dead cycles in milliseconds.
 """
 
 from __future__ import annotations
