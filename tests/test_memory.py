@@ -82,3 +82,17 @@ def test_report_plots_leave_no_figure_behind(collector_on):
         assert reward_curves([run]).startswith(b"\x89PNG")
         assert eval_curves([run], x="nfe").startswith(b"\x89PNG")
     assert live_figures() == before
+
+
+def test_reward_curve_leaves_no_figure_behind(tmp_path, collector_on):
+    from tempflow.training.run_dir import RunDir
+
+    gc.collect()
+    before = live_figures()
+    run = RunDir(tmp_path)
+    run.history = [{"iteration": i, "reward/mean": 0.5, "train/kl": 1e-4} for i in range(20)]
+    run.history += [{"iteration": i, "eval/pass_rate": 0.4} for i in (0, 10, 20)]
+    for _ in range(3):
+        run.plot_rewards()
+    assert (tmp_path / "reward_curve.png").is_file()
+    assert live_figures() == before

@@ -3,7 +3,6 @@ checkpoints, resume, stop signals and the long-run health guards."""
 
 from __future__ import annotations
 
-import resource
 import signal
 import threading
 import time
@@ -18,6 +17,7 @@ from tempflow.training.distributed import Dist
 from tempflow.training.resume import config_record, find_resume_checkpoint
 from tempflow.training.run_dir import RunDir, check_new_run, ensure_writable
 from tempflow.training.trainer import Trainer
+from tempflow.utils.memory import peak_rss_mb, rss_mb
 
 EVAL_GRID_PROMPTS = 8  # fixed evaluation prompts shown in the grids
 
@@ -44,11 +44,6 @@ def evaluate(trainer: Trainer, it: int, run: RunDir) -> dict:
     save_grid(res.images[:n], run.path / "grids" / f"eval_{it:05d}.png",
               nrow=cfg.run.eval_images_per_prompt * 2, prompts=res.prompts[:n])
     return record
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory so far, MiB (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # ---------------------------------------------------------------------------- checkpoints
@@ -188,6 +183,7 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = False) -> RunD
             record = trainer.iteration(it)
             record["time/iteration"] = time.perf_counter() - t0
             record["sys/peak_rss_mb"] = peak_rss_mb()
+            record["sys/rss_mb"] = rss_mb()
             run.log(record)
             bar.set_postfix(reward=f"{record['reward/mean']:.3f}", kl=f"{record.get('train/kl', 0.0):.2e}",
                             s_it=f"{record['time/iteration']:.1f}")

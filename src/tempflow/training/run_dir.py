@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 from tempflow.errors import UserError
+from tempflow.utils.memory import frees_cycles
 
 MARKER = "tempflow-run.json"
 #: the first line of every config.yaml tempflow writes (runs from before the marker file)
@@ -255,6 +256,7 @@ class RunDir:
                 self.tb.add_scalar(k.replace(".", "/"), v, step)
         self.tb.flush()
 
+    @frees_cycles  # the figure's reference cycles, freed now rather than at a full collection
     def plot_rewards(self) -> None:
         """reward_curve.png: training reward and held-out pass rate (left axis) with the KL to
         the reference (right axis), so reward hacking or drift shows side by side."""
