@@ -15,7 +15,6 @@ import itertools
 import json
 import struct
 import zlib
-from pathlib import Path
 
 import pytest
 import yaml

@@ -7,7 +7,6 @@ unpickled it; every test checks that it did not, and that the user got a one-lin
 import json
 import os
 import pickle
-import shutil
 from pathlib import Path
 
 import pytest

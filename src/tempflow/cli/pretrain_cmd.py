@@ -5,7 +5,7 @@ from __future__ import annotations
 
 def add_parser(sub) -> None:
     from tempflow.cli import args as A
-    from tempflow.pretrain.shapes import PretrainConfig
+    from tempflow.pretrain.config import PretrainConfig
     d = PretrainConfig()
     p = sub.add_parser("pretrain", help="pretrain the shapes demo model",
                        description="Flow-matching pretraining of the built-in shapes model on "

@@ -57,7 +57,6 @@ def run(args) -> int:
     import torch
 
     from tempflow.cli.main import set_threads
-    from tempflow.errors import UserError
     from tempflow.models import SAMPLING_DEFAULTS, load_model, model_family
     from tempflow.sampling import flow_sigmas
     from tempflow.grpo.rollout import rollout_flow_grpo
