@@ -9,7 +9,8 @@ docs/rewards.md lists every reward and its arguments.
 """
 
 from tempflow.rewards.registry import REGISTRY, Reward, build_reward, register, score
-from tempflow.rewards import aesthetic, clip_rewards, remote, shapes, simple  # noqa: F401  (register)
+from tempflow.rewards import (aesthetic, clip_rewards, geneval_remote, imagereward, ocr,  # noqa: F401  (register)
+                              remote, shapes, simple, vlm_judge)
 from tempflow.rewards.combine import WeightedReward, reward_from_config
 from tempflow.rewards.robust import Scored, score_or_nan
 

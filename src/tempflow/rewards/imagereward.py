@@ -1,0 +1,1 @@
+"""ImageReward on transformers' BLIP classes, with a converter for the published checkpoint."""
