@@ -99,7 +99,10 @@ CASES = [
          "does not fit this model"),
     Case("lora-arch", "LoRA of another architecture (sample --lora)",
          ["sample", "--model", "{wide_model}", "--lora", "{run}/lora", "--prompt", "a red circle",
-          "--out", "{tmp}/x.png"], "LoRA weights do not fit this model"),
+          "--out", "{tmp}/x.png"], "was trained on base model"),
+    Case("lora-other-base", "LoRA loaded onto another base of the same architecture",
+         ["sample", "--model", "{other_base}", "--lora", "{run}/lora", "--prompt", "a red circle",
+          "--out", "{tmp}/x.png"], "was trained on base model"),
     # ---- other commands' arguments
     Case("eval-shift", "eval with a time shift <= 0", ["eval", "--shift", "0"], "--shift: must be > 0"),
     Case("eval-device", "eval on a CUDA device this machine lacks", ["eval", "--device", "cuda:99"], "cuda:99"),
@@ -227,6 +230,7 @@ def world(tmp_path_factory):
     weights = paths["corrupt_model"] / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
     paths["wide_model"] = _tiny(tmp / "wide", head_dim=16)
+    paths["other_base"] = _edit_weights(_tiny(tmp / "other-base"), lambda sd: {k: v * 1.5 for k, v in sd.items()})
     paths["nan_model"] = _edit_weights(_tiny(tmp / "nan"), lambda sd: {
         k: (torch.full_like(v, float("nan")) if k.startswith("transformer.proj_out") else v) for k, v in sd.items()})
     return paths

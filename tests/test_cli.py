@@ -109,3 +109,18 @@ def test_sample_with_sde_noise(tmp_path, tiny_shapes_checkpoint):
                  "--noise-level", "0.7", "--model", str(tiny_shapes_checkpoint), "--out", str(out)]) == 0
     images, _ = load_images(out)
     assert images.shape == (2, 3, 32, 32)
+
+
+def test_every_option_of_every_command_has_help():
+    """`--help` explains every option and positional argument of every command."""
+    import argparse
+
+    from tempflow.cli.main import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    missing = [f"{name} {'/'.join(action.option_strings) or action.dest}"
+               for name, p in sub.choices.items() for action in p._actions
+               if not isinstance(action, argparse._HelpAction) and not (action.help or "").strip()]
+    assert not missing, f"options without help text: {missing}"
+    assert set(sub.choices) >= {"train", "sample", "verify", "eval", "report", "pretrain", "serve-reward"}

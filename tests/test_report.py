@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -148,6 +149,23 @@ def test_report_renders_in_chromium_with_every_image_loaded(two_runs, tmp_path):
     assert main(["report", *map(str, two_runs), "--out", str(out)]) == 0
     loaded, total = rendered_image_count(exe, out)
     assert total == 8 and loaded == total
+
+
+def test_report_screenshot_is_not_blank(two_runs, tmp_path):
+    """Chromium's screenshot of the page shows content: many distinct colours, not one fill."""
+    from tempflow.cli.main import main
+
+    exe = chromium()
+    out = tmp_path / "report.html"
+    assert main(["report", *map(str, two_runs), "--out", str(out)]) == 0
+    shot = tmp_path / "shot.png"
+    res = subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                          "--virtual-time-budget=10000", "--window-size=1200,1600", f"--screenshot={shot}",
+                          out.as_uri()], capture_output=True, text=True, timeout=120)
+    assert shot.is_file(), res.stderr[-2000:]
+    pixels = np.asarray(Image.open(shot).convert("RGB")).reshape(-1, 3)
+    colours = len(np.unique(pixels, axis=0))
+    assert pixels.std(axis=0).max() > 10 and colours > 50, (colours, pixels.std(axis=0))
 
 
 def test_chromium_check_sees_a_broken_image(tmp_path):

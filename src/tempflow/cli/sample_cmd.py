@@ -20,7 +20,10 @@ def add_parser(sub) -> None:
     p.add_argument("--model", default=None, help="'shapes' (default, the shipped base), a "
                    "checkpoint folder, or an SD3 pipeline folder / hub id")
     p.add_argument("--lora", metavar="DIR", default=None,
-                   help="load a LoRA saved by `tempflow train` (diffusers format) onto the model")
+                   help="load a LoRA (diffusers format: a run's lora/, an export) onto the model, "
+                   "or give a run folder to use its checkpoint's weights (see --checkpoint)")
+    p.add_argument("--checkpoint", type=A.int_in(0), default=None, metavar="N",
+                   help="with --lora RUN: the run's checkpoint after N iterations (default: newest)")
     p.add_argument("--steps", type=A.int_in(1, 1000), default=None, help="sampling steps (model default)")
     p.add_argument("--shift", type=A.number(0, strict=True), default=None,
                    help="schedule time shift, > 0 (model default)")
@@ -53,11 +56,30 @@ def check_out(out: str) -> None:
                             f"tempflow wrote; choose another --out or move that file")
 
 
+def _load(args):
+    """The model to sample: --model with --lora, or a run's checkpoint (--lora RUN)."""
+    from pathlib import Path
+
+    from tempflow.errors import UserError
+    from tempflow.models import load_model
+    from tempflow.training.run_dir import is_run
+
+    if args.lora and is_run(Path(args.lora).expanduser()):
+        from tempflow.training.export import load_run_model
+        return load_run_model(args.lora, args.checkpoint)[0]
+    if args.checkpoint is not None:
+        raise UserError("--checkpoint picks a checkpoint of a run: give the run folder as --lora RUN")
+    model = load_model(args.model)
+    if args.lora:
+        model.load_lora(args.lora)
+    return model
+
+
 def run(args) -> int:
     import torch
 
     from tempflow.cli.main import set_threads
-    from tempflow.models import SAMPLING_DEFAULTS, load_model, model_family
+    from tempflow.models import SAMPLING_DEFAULTS, model_family
     from tempflow.sampling import flow_sigmas
     from tempflow.grpo.rollout import rollout_flow_grpo
     from tempflow.sampling.loops import sample_ode
@@ -72,9 +94,7 @@ def run(args) -> int:
     shift = args.shift if args.shift is not None else defaults["shift"]
     cfg = args.cfg if args.cfg is not None else defaults["guidance_scale"]
     t0 = time.time()
-    model = load_model(args.model)
-    if args.lora:
-        model.load_lora(args.lora)
+    model = _load(args)
     all_prompts = [p for p in prompts for _ in range(args.num)]
     cond = model.encode_prompts(all_prompts)  # unknown words fail here, before any sampling
     gen = torch.Generator().manual_seed(args.seed)

@@ -22,6 +22,9 @@ def add_parser(sub) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="start afresh in run.out even if it holds a run (the files that run "
                    "wrote are deleted; other files stay)")
+    p.add_argument("--from-checkpoint", type=int, default=None, metavar="N",
+                   help="with --resume: continue from the checkpoint after N iterations instead of "
+                   "the newest; later checkpoints are moved to RUN/set-aside/, never deleted")
     add_allow_import(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
@@ -64,7 +67,11 @@ def run(args) -> int:
 
     cfg = resolve_config(args)
     set_threads()
-    run_dir = train(cfg, progress=not args.no_progress, resume=args.resume is not None)
+    if args.from_checkpoint is not None and args.resume is None:
+        from tempflow.errors import UserError
+        raise UserError("--from-checkpoint N goes with --resume RUN (the run whose checkpoint N to continue)")
+    run_dir = train(cfg, progress=not args.no_progress, resume=args.resume is not None,
+                    from_checkpoint=args.from_checkpoint)
     if not run_dir.main:
         return 0
     last = next((r for r in reversed(run_dir.history) if "eval/pass_rate" in r), None)

@@ -40,6 +40,9 @@ def load_model(spec: str | None = None, device: str | torch.device = "cpu",
     if family == "shapes":
         from tempflow.models.shapes_model import ShapesModel
         path = None if spec in (None, "", "shapes", "shapes-base") else Path(spec).expanduser()
-        return ShapesModel.from_pretrained(path, device=device, dtype=dtype)
-    from tempflow.models.sd3 import SD3Model
-    return SD3Model.from_pretrained(spec, resolution=resolution, dtype=dtype, device=device)
+        model = ShapesModel.from_pretrained(path, device=device, dtype=dtype)
+    else:
+        from tempflow.models.sd3 import SD3Model
+        model = SD3Model.from_pretrained(spec, resolution=resolution, dtype=dtype, device=device)
+    model.source = spec or "shapes"  # how the base was named (recorded in saved LoRAs)
+    return model

@@ -202,7 +202,7 @@ def load_lora_state_dict(module: nn.Module, state_dict: Mapping[str, Tensor]) ->
         set_peft_model_state_dict(module, dict(state_dict), adapter_name=name)
 
 
-def canonical_safetensors(path: Path) -> None:
+def canonical_safetensors(path: Path, extra_metadata: dict[str, str] | None = None) -> None:
     """Rewrite a safetensors file's JSON header with sorted keys, so equal tensors and metadata
     give equal bytes (the writer's header order can vary from process to process). The file
     format: 8-byte little-endian header length, the JSON header padded with spaces to a
@@ -213,11 +213,26 @@ def canonical_safetensors(path: Path) -> None:
 
     data = path.read_bytes()
     (n,) = struct.unpack("<Q", data[:8])
-    header = json.dumps(json.loads(data[8:8 + n]), sort_keys=True, separators=(",", ":")).encode("utf-8")
+    header = json.loads(data[8:8 + n])
+    if extra_metadata:
+        header["__metadata__"] = {**header.get("__metadata__", {}), **extra_metadata}
+    header = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
     header += b" " * (-len(header) % 8)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(struct.pack("<Q", len(header)) + header + data[8 + n:])
     os.replace(tmp, path)
+
+
+def _file_metadata(path: Path) -> dict | None:
+    """The safetensors metadata of a LoRA folder's (or file's) weights, None if unreadable."""
+    from safetensors import safe_open
+
+    f = path / "pytorch_lora_weights.safetensors" if path.is_dir() else path
+    try:
+        with safe_open(str(f), framework="pt") as handle:
+            return handle.metadata()
+    except Exception:  # no such file, or not safetensors: diffusers already read the weights
+        return None
 
 
 class TransformerAdapterMixin:
@@ -278,7 +293,10 @@ class TransformerAdapterMixin:
         StableDiffusion3Pipeline.save_lora_weights(
             directory, transformer_lora_layers=lora_state_dict(self.transformer),
             transformer_lora_adapter_metadata=config)
-        canonical_safetensors(directory / "pytorch_lora_weights.safetensors")
+        from tempflow.models.base_check import lora_metadata
+
+        canonical_safetensors(directory / "pytorch_lora_weights.safetensors",
+                              lora_metadata(self.transformer, getattr(self, "source", "?")))
         return directory
 
     def load_lora(self, directory) -> None:
@@ -302,6 +320,9 @@ class TransformerAdapterMixin:
         weights = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
         if not weights:
             raise UserError(f"{str(directory)!r} holds no transformer LoRA weights")
+        from tempflow.models.base_check import check_base
+
+        check_base(self.transformer, _file_metadata(path), f"LoRA {str(directory)!r}")
         if not self.has_lora:
             config = {k[len(prefix):]: v for k, v in (metadata or {}).items() if k.startswith(prefix)}
             if not config:

@@ -61,14 +61,20 @@ def check_config_unchanged(recorded: dict, cfg, where: str) -> None:
                      f"{where}, but no longer matches an uninterrupted run exactly")
 
 
-def find_resume_checkpoint(path: Path, cfg, report: bool = True) -> ckpt_io.Checkpoint:
-    """The newest valid checkpoint of the run in ``path`` that ``cfg`` may continue; UserError
-    (nothing changed) when the folder is not a run, no checkpoint is valid, train.iterations
-    is below what was done, or the config changed where it may not."""
+def find_resume_checkpoint(path: Path, cfg, report: bool = True,
+                           iteration: int | None = None) -> ckpt_io.Checkpoint:
+    """The newest valid checkpoint of the run in ``path`` (or checkpoint ``iteration``) that
+    ``cfg`` may continue; UserError (nothing changed) when the folder is not a run, no
+    checkpoint is valid, train.iterations is below what was done, or the config changed where
+    it may not."""
     if not is_run(path):
         raise UserError(f"--resume {path}: not a tempflow run (no {MARKER} or tempflow config.yaml); "
                         f"give the run.out folder of an earlier `tempflow train`")
-    found = ckpt_io.latest_checkpoint(path / ckpt_io.FOLDER, report=report)
+    if iteration is not None:
+        from tempflow.training.export import pick_checkpoint
+        found = pick_checkpoint(path, iteration)
+    else:
+        found = ckpt_io.latest_checkpoint(path / ckpt_io.FOLDER, report=report)
     if found is None:
         _, damaged = ckpt_io.scan_checkpoints(path / ckpt_io.FOLDER)
         why = (f" ({len(damaged)} damaged, the newest: {damaged[0][1]})" if damaged else "")
@@ -84,3 +90,28 @@ def find_resume_checkpoint(path: Path, cfg, report: bool = True) -> ckpt_io.Chec
                         f"iterations already done in {found.path}; resume with train.iterations >= "
                         f"{found.iteration} (the run's lora/ holds the weights after {found.iteration})")
     return found
+
+
+def set_aside_later(path: Path, iteration: int) -> Path | None:
+    """Move the checkpoints after ``iteration`` into ``set-aside/<UTC time>/`` of the run, with
+    copies of metrics.jsonl and lora/ as they are now (resuming from an earlier checkpoint
+    rewrites both); nothing is deleted. Returns that folder (None: nothing was later)."""
+    import shutil
+    import time
+
+    later = [p for i, p in ckpt_io.list_checkpoints(path / ckpt_io.FOLDER) if i > iteration]
+    if not later:
+        return None
+    aside = path / "set-aside" / time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    (aside / ckpt_io.FOLDER).mkdir(parents=True, exist_ok=False)
+    for folder in later:
+        folder.rename(aside / ckpt_io.FOLDER / folder.name)
+    for name in ("metrics.jsonl", "lora"):
+        src = path / name
+        if src.is_dir():
+            shutil.copytree(src, aside / name)
+        elif src.is_file():
+            shutil.copy2(src, aside / name)
+    ckpt_io.warn(f"resuming from checkpoint {iteration}: the {len(later)} later checkpoint(s), "
+                 f"metrics.jsonl and lora/ as they were are kept in {aside}")
+    return aside
