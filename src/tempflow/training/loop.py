@@ -14,7 +14,7 @@ from tempflow.config import TrainConfig
 from tempflow.errors import UserError
 from tempflow.training import checkpoint as ckpt_io
 from tempflow.training.distributed import Dist
-from tempflow.training.resume import config_record, find_resume_checkpoint
+from tempflow.training.resume import config_record, find_resume_checkpoint, set_aside_later
 from tempflow.training.run_dir import RunDir, check_new_run, ensure_writable
 from tempflow.training.trainer import Trainer
 from tempflow.utils.memory import peak_rss_mb, rss_mb
@@ -151,14 +151,16 @@ class StopSignals:
         self._old = {}
 
 
-def train(cfg: TrainConfig, progress: bool = True, resume: bool = False) -> RunDir:
+def train(cfg: TrainConfig, progress: bool = True, resume: bool = False,
+          from_checkpoint: int | None = None) -> RunDir:
     """Run training as configured (``resume``: continue the run in cfg.run.out from its newest
-    valid checkpoint); returns the run directory. ``run.stopped`` says why it ended early."""
+    valid checkpoint, or from checkpoint ``from_checkpoint``, with the later ones set aside);
+    returns the run directory. ``run.stopped`` says why it ended early."""
     dist = Dist()
     run = RunDir(cfg.run.out, main=dist.is_main)
     created, found = False, None
     if resume:  # nothing is changed before these checks pass
-        found = find_resume_checkpoint(run.path, cfg, report=dist.is_main)
+        found = find_resume_checkpoint(run.path, cfg, report=dist.is_main, iteration=from_checkpoint)
     elif dist.is_main:
         check_new_run(run.path, cfg)
     if dist.is_main:
@@ -169,6 +171,9 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = False) -> RunD
         if created and not any(run.path.iterdir()):
             run.path.rmdir()  # leave no empty folder behind a failed start
         raise
+    if resume and dist.is_main:
+        set_aside_later(run.path, found.iteration)
+    dist.barrier()
     start, streak, last = restore(trainer, run, dist, found) if resume else (0, 0, None)
     if not resume:
         run.start(cfg)
