@@ -1,5 +1,9 @@
 """GenEval-style evaluation: deterministic ODE samples, verifier scores, reward means.
 
+The per-category table comes from the shapes verifier on shapes prompts, or from a reward
+that offers ``verify(images, prompts, metadata) -> (values, passed)`` (a pass / fail per
+image, 1.0 / 0.0, NaN where not scored), e.g. ``geneval_remote`` on GenEval metadata prompts.
+
 What to evaluate (:func:`resolve_target`) is the bare base model, a checkpoint folder, a LoRA
 folder, or a training run folder (its config's model, sampler, prompts and reward, and its
 LoRA); :func:`evaluate_prompts` samples and scores; :func:`write_eval` writes eval.json and
@@ -26,23 +30,28 @@ class EvalResult:
 
     prompts: list[str]
     categories: list[str]
-    passed: torch.Tensor | None  # bool [N] (shapes prompts only)
-    score: torch.Tensor | None   # float32 [N] verifier score (shapes prompts only)
+    passed: torch.Tensor | None  # bool [N] (shapes prompts, or a reward with verify)
+    score: torch.Tensor | None   # float32 [N] verifier score, NaN where not scored (failed)
     images: torch.Tensor  # float32 [N, 3, H, W]
     reward: torch.Tensor | None = None  # float32 [N], the configured reward (if any)
 
     def table(self) -> dict[str, dict[str, float]]:
-        """{category: {"pass_rate", "score", "n"}} with an "overall" row (mean over categories,
-        as GenEval reports it)."""
+        """{category: {"pass_rate", "score", "n", "failed"}} with an "overall" row (mean over
+        categories, as GenEval reports it). Images not scored (score NaN) are left out of the
+        rates and counted in "failed"; a category with none scored has NaN rates."""
         rows = defaultdict(list)
         for i, c in enumerate(self.categories):
             rows[c].append(i)
-        out = {c: {"pass_rate": float(self.passed[idx].float().mean()),
-                   "score": float(self.score[idx].mean()), "n": len(idx)}
-               for c, idx in sorted(rows.items())}
+        out = {}
+        for c, idx in sorted(rows.items()):
+            ok = torch.isfinite(self.score[idx])
+            n_ok = int(ok.sum())
+            out[c] = {"pass_rate": float(self.passed[idx][ok].float().sum()) / n_ok if n_ok else float("nan"),
+                      "score": float(self.score[idx][ok].sum()) / n_ok if n_ok else float("nan"),
+                      "n": len(idx), "failed": len(idx) - n_ok}
         out["overall"] = {"pass_rate": sum(r["pass_rate"] for r in out.values()) / len(out),
                           "score": sum(r["score"] for r in out.values()) / len(out),
-                          "n": len(self.prompts)}
+                          "n": len(self.prompts), "failed": sum(r["failed"] for r in out.values())}
         return out
 
     def summary(self) -> dict[str, float]:
@@ -61,9 +70,12 @@ class EvalResult:
         """The GenEval-style table as text (when verified), then the reward's mean (when scored)."""
         lines = []
         if self.passed is not None:
-            lines.append(f"{'category':<14} {'pass rate':>9} {'score':>6} {'n':>5}")
-            for c, r in self.table().items():
-                lines.append(f"{c:<14} {r['pass_rate']:>9.3f} {r['score']:>6.3f} {r['n']:>5}")
+            table = self.table()
+            failed = table["overall"]["failed"] > 0
+            lines.append(f"{'category':<14} {'pass rate':>9} {'score':>6} {'n':>5}" + (" failed" if failed else ""))
+            for c, r in table.items():
+                lines.append(f"{c:<14} {r['pass_rate']:>9.3f} {r['score']:>6.3f} {r['n']:>5}"
+                             + (f" {r['failed']:>6}" if failed else ""))
         if self.reward is not None:
             mean = self.summary()["eval/reward"]
             lines.append(f"reward{f' ({reward_name})' if reward_name else ''}: mean {mean:.4f} "
@@ -77,7 +89,9 @@ class EvalResult:
         for i, (p, c) in enumerate(zip(self.prompts, self.categories)):
             row = {"prompt": p, "category": c}
             if self.passed is not None:
-                row.update(passed=bool(self.passed[i]), score=round(float(self.score[i]), 4))
+                ok = bool(torch.isfinite(self.score[i]))
+                row.update(passed=bool(self.passed[i]) if ok else None,
+                           score=round(float(self.score[i]), 4) if ok else None)
             if self.reward is not None:
                 row["reward"] = round(float(self.reward[i]), 4)
             rows.append(row)
@@ -109,9 +123,9 @@ def sample_eval_images(model: FlowModel, prompts: list[str], images_per_prompt: 
 
 def evaluate_shapes(model: FlowModel, prompts: list[tuple[str, str]], images_per_prompt: int = 4,
                     steps: int = 20, shift: float = 3.0, guidance_scale: float | None = 3.0,
-                    seed: int = 0, reward=None) -> EvalResult:
+                    seed: int = 0, reward=None, metadata: list[dict] | None = None) -> EvalResult:
     """Sample ``images_per_prompt`` images per (prompt, category) with the ODE and verify them
-    (and score them with ``reward`` if given)."""
+    (and score them with ``reward`` if given, passing ``metadata``, one dict per prompt)."""
     from tempflow.shapes import verify_batch
 
     images = sample_eval_images(model, [p for p, _ in prompts], images_per_prompt, steps, shift,
@@ -122,7 +136,9 @@ def evaluate_shapes(model: FlowModel, prompts: list[tuple[str, str]], images_per
     values = None
     if reward is not None:
         from tempflow.rewards import score as reward_score
-        values = reward_score(reward, images, texts)
+        meta = (None if metadata is None or not takes_metadata(reward)
+                else [m for m in metadata for _ in range(images_per_prompt)])
+        values = reward_score(reward, images, texts, meta)
     return EvalResult(texts, [c for _, c in flat], passed, score, images, values)
 
 
@@ -130,29 +146,66 @@ def evaluate_prompts(model: FlowModel, prompt_set, reward, images_per_prompt: in
                      shift: float, guidance_scale: float | None, seed: int,
                      verify: bool = True) -> EvalResult:
     """Evaluation on a :class:`~tempflow.training.prompts.PromptSet`: the shapes verifier's
-    GenEval-style table when the prompts are shapes-world prompts (and ``verify``), the
-    reward's mean whenever ``reward`` is given."""
+    GenEval-style table when the prompts are shapes-world prompts (and ``verify``); the table
+    from ``reward.verify`` (module docstring) when the reward has one and the prompts carry
+    metadata or are not shapes-verified; the reward's mean whenever ``reward`` is given. The
+    set's metadata (if any) is passed to the reward."""
     from tempflow.errors import UserError
     from tempflow.shapes import parse
 
+    metadata = getattr(prompt_set, "metadata", None)
+    reward_verifies = reward is not None and callable(getattr(reward, "verify", None))
     try:
         for p in prompt_set.prompts:
             parse(p)
-        is_shapes = verify
+        is_shapes = verify and not (reward_verifies and metadata is not None)
     except UserError:
         is_shapes = False
     if is_shapes:
         return evaluate_shapes(model, list(zip(prompt_set.prompts, prompt_set.categories)),
-                               images_per_prompt, steps, shift, guidance_scale, seed, reward)
+                               images_per_prompt, steps, shift, guidance_scale, seed, reward, metadata)
     images = sample_eval_images(model, prompt_set.prompts, images_per_prompt, steps, shift,
                                 guidance_scale, seed)
     texts = [p for p in prompt_set.prompts for _ in range(images_per_prompt)]
+    cats = [c for c in prompt_set.categories for _ in range(images_per_prompt)]
+    meta = None if metadata is None else [m for m in metadata for _ in range(images_per_prompt)]
     values = None
+    if reward_verifies:
+        values, passed = reward_verify(reward, images, texts, meta)
+        return EvalResult(texts, cats, passed == 1, values, images, values)
     if reward is not None:
         from tempflow.rewards import score as reward_score
-        values = reward_score(reward, images, texts)
-    return EvalResult(texts, [c for c in prompt_set.categories for _ in range(images_per_prompt)],
-                      None, None, images, values)
+        values = reward_score(reward, images, texts, meta if takes_metadata(reward) else None)
+    return EvalResult(texts, cats, None, None, images, values)
+
+
+def takes_metadata(reward) -> bool:
+    """Whether ``reward`` can be called as reward(images, prompts, metadata): a reward written
+    as reward(images, prompts) is scored without the prompts' metadata."""
+    import inspect
+
+    try:
+        params = list(inspect.signature(reward).parameters.values())
+    except (TypeError, ValueError):
+        return True
+    if any(p.kind == p.VAR_POSITIONAL for p in params):
+        return True
+    return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params) >= 3
+
+
+def reward_verify(reward, images: torch.Tensor, texts: list[str], meta: list[dict] | None):
+    """(values, passed), float32 [N] each, from ``reward.verify``: NaN in both where either is
+    not finite or the pass is not 0 / 1 (a sample not scored)."""
+    from tempflow.errors import UserError
+
+    got = reward.verify(images, texts, meta) if meta is not None else reward.verify(images, texts)
+    values, passed = (torch.as_tensor(t).detach().float().cpu().reshape(-1) for t in got)
+    if values.numel() != len(texts) or passed.numel() != len(texts):
+        raise UserError(f"the reward's verify returned {values.numel()} values and {passed.numel()} "
+                        f"passes for {len(texts)} images (it must return one of each per image)")
+    bad = ~torch.isfinite(values) | ~((passed == 0) | (passed == 1))
+    nan = torch.full_like(values, float("nan"))
+    return torch.where(bad, nan, values), torch.where(bad, nan, passed)
 
 
 @dataclass

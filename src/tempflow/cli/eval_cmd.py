@@ -11,19 +11,25 @@ def add_parser(sub) -> None:
     p = sub.add_parser("eval", help="GenEval-style evaluation of a run, LoRA, checkpoint or the base",
                        description="Deterministic ODE sampling on a prompt list (the held-out "
                        "shapes prompts by default), several images per prompt: the shapes "
-                       "verifier's pass rate per category and overall, and the mean of the "
-                       "configured reward. TARGET is a run folder (its config's model, sampler, "
-                       "prompts and reward, and its LoRA), a LoRA folder, a checkpoint folder, "
-                       "or nothing (the shipped base model).")
+                       "verifier's pass rate per category and overall (or, on a GenEval "
+                       "metadata .jsonl, the pass rate of a reward that verifies, e.g. "
+                       "geneval_remote), and the mean of the configured reward. TARGET is a "
+                       "run folder (its config's model, sampler, prompts and reward, and its "
+                       "LoRA), a LoRA folder, a checkpoint folder, or nothing (the shipped base "
+                       "model).")
     p.add_argument("target", nargs="?", default=None, metavar="TARGET",
                    help="run folder, LoRA folder or checkpoint folder (default: the base model)")
     p.add_argument("--model", default=None, help="base model: 'shapes' (the shipped base) or a checkpoint folder")
     p.add_argument("--lora", metavar="DIR", default=None, help="load a LoRA written by `tempflow train`")
     p.add_argument("--prompts", default=None, metavar="SPEC",
-                   help="'shapes:<split>' or a prompt file (default: the run's prompts.eval, else shapes:heldout)")
+                   help="'shapes:<split>', 'ocr:<split>', a GenEval metadata .jsonl or a prompt file "
+                   "(default: the run's prompts.eval, else shapes:heldout)")
     p.add_argument("--split", default=None, help="shorthand for --prompts shapes:SPLIT (heldout or train)")
     p.add_argument("--reward", default=None, metavar="NAME",
                    help="also score with this reward (default: the run's reward, else none)")
+    p.add_argument("--reward-set", dest="reward_set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a keyword argument of --reward's factory, value read as YAML (repeatable), "
+                   "e.g. url=http://127.0.0.1:18085")
     p.add_argument("--num", type=A.positive, default=4, help="images per prompt (default 4)")
     p.add_argument("--steps", type=A.positive, default=None,
                    help="ODE steps (default: the run's sampling.eval_steps, else 20)")
@@ -53,14 +59,26 @@ def _settings(args, target) -> dict:
         "guidance_scale": pick(args.cfg, cfg and cfg.sampling.guidance_scale, d["guidance_scale"]),
         "prompts": pick(prompts, cfg and cfg.prompts.eval, "shapes:heldout"),
         "reward": pick(args.reward, cfg and cfg.reward.name, None),
-        "reward_kwargs": dict(cfg.reward.kwargs) if cfg is not None and args.reward is None else {},
+        "reward_kwargs": dict(cfg.reward.kwargs) if cfg is not None and args.reward is None else
+        _reward_kwargs(args.reward_set),
     }
 
 
-def _check(args) -> None:
-    """Output paths before any sampling: --out is a folder that exists or can be created."""
-    from tempflow.cli.args import writable_folder
+def _reward_kwargs(items: list[str]) -> dict:
+    """--reward-set KEY=VALUE items -> keyword arguments (values read as YAML)."""
+    from tempflow.cli.serve_reward_cmd import parse_kwargs
 
+    return parse_kwargs(items)
+
+
+def _check(args) -> None:
+    """Output paths before any sampling: --out is a folder that exists or can be created;
+    --reward-set goes with --reward."""
+    from tempflow.cli.args import writable_folder
+    from tempflow.errors import UserError
+
+    if args.reward_set and args.reward is None:
+        raise UserError("--reward-set gives arguments to --reward's factory; give --reward NAME too")
     if args.out is not None:
         writable_folder(args.out, "--out")
 
