@@ -180,17 +180,10 @@ def evaluate_prompts(model: FlowModel, prompt_set, reward, images_per_prompt: in
 
 
 def takes_metadata(reward) -> bool:
-    """Whether ``reward`` can be called as reward(images, prompts, metadata): a reward written
-    as reward(images, prompts) is scored without the prompts' metadata."""
-    import inspect
+    """Whether ``reward`` can be called as reward(images, prompts, metadata)."""
+    from tempflow.rewards.registry import takes_metadata as takes
 
-    try:
-        params = list(inspect.signature(reward).parameters.values())
-    except (TypeError, ValueError):
-        return True
-    if any(p.kind == p.VAR_POSITIONAL for p in params):
-        return True
-    return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params) >= 3
+    return takes(reward)
 
 
 def reward_verify(reward, images: torch.Tensor, texts: list[str], meta: list[dict] | None):

@@ -72,11 +72,25 @@ def score(reward: Reward, images: Tensor, prompts: Sequence[str],
           metadata: Sequence[dict] | None = None) -> Tensor:
     """Call a reward and check its output: float32 [B] on the CPU; a wrong count is an error.
 
-    ``metadata`` (B dicts) is passed as a third argument only when given, so a reward that
-    takes just (images, prompts) keeps working."""
-    raw = reward(images, prompts) if metadata is None else reward(images, prompts, metadata)
+    ``metadata`` (B dicts) is passed as a third argument only when given and the reward takes
+    one, so a reward written as reward(images, prompts) keeps working."""
+    with_meta = metadata is not None and takes_metadata(reward)
+    raw = reward(images, prompts, metadata) if with_meta else reward(images, prompts)
     out = torch.as_tensor(raw).detach().float().cpu().reshape(-1)
     if out.numel() != images.shape[0]:
         raise UserError(f"the reward returned {out.numel()} values for {images.shape[0]} images "
                         f"(a reward must return one float per image)")
     return out
+
+
+def takes_metadata(reward) -> bool:
+    """Whether ``reward`` can be called as reward(images, prompts, metadata)."""
+    import inspect
+
+    try:
+        params = list(inspect.signature(reward).parameters.values())
+    except (TypeError, ValueError):
+        return True
+    if any(p.kind == p.VAR_POSITIONAL for p in params):
+        return True
+    return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params) >= 3

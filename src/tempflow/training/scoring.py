@@ -61,8 +61,10 @@ def reward_parts(reward: Reward, label: str) -> tuple[dict[str, Reward], dict[st
     return {label: reward}, {label: 1.0}
 
 
-def decode_and_score(model, parts: Mapping[str, Reward], finals: Tensor, prompts: list[str]) -> ChunkScores:
-    """Decode latents [n, ...] to images and score them with every component (no_grad)."""
+def decode_and_score(model, parts: Mapping[str, Reward], finals: Tensor, prompts: list[str],
+                     metadata: list[dict] | None = None) -> ChunkScores:
+    """Decode latents [n, ...] to images and score them with every component (no_grad); the
+    prompts' metadata (n dicts, e.g. GenEval's) goes to the rewards that take it."""
     t0 = time.perf_counter()
     with torch.no_grad():
         images = torch.cat([model.decode_images(c) for c in finals.split(256)])
@@ -70,7 +72,7 @@ def decode_and_score(model, parts: Mapping[str, Reward], finals: Tensor, prompts
     comps, errors = {}, []
     with torch.no_grad():
         for label, reward in parts.items():
-            scored = score_or_nan(reward, images, prompts)
+            scored = score_or_nan(reward, images, prompts, metadata)
             comps[label] = scored.values
             errors += [f"{label}: {e}" for e in scored.errors]
     return ChunkScores(images, prompts, comps, errors, t1 - t0, time.perf_counter() - t1)
@@ -84,13 +86,13 @@ class RewardScorer:
         self.parts, self.weights = reward_parts(reward, label)
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="tempflow-reward") if use_thread else None
 
-    def submit(self, finals: Tensor, prompts: list[str]) -> Future:
+    def submit(self, finals: Tensor, prompts: list[str], metadata: list[dict] | None = None) -> Future:
         """Start decoding + scoring one chunk; the Future's result is a :class:`ChunkScores`."""
         if self.pool is not None:
-            return self.pool.submit(decode_and_score, self.model, self.parts, finals, prompts)
+            return self.pool.submit(decode_and_score, self.model, self.parts, finals, prompts, metadata)
         fut: Future = Future()
         try:
-            fut.set_result(decode_and_score(self.model, self.parts, finals, prompts))
+            fut.set_result(decode_and_score(self.model, self.parts, finals, prompts, metadata))
         except Exception as e:  # re-raised by .result(), as from the thread
             fut.set_exception(e)
         return fut
@@ -138,19 +140,20 @@ def cat_samples(items: Sequence[Samples]) -> Samples:
 
 
 def sample_and_score(sample: Callable[[slice], Samples], n_prompts: int,
-                     prompts_of: Callable[[slice, Samples], list[str]], scorer: RewardScorer,
+                     prompts_of: Callable[[slice, Samples], tuple[list[str], list[dict] | None]],
+                     scorer: RewardScorer,
                      times: dict) -> tuple[Samples, ChunkScores]:
     """Sample the local prompts chunk by chunk; each chunk is scored while the next samples.
 
     sample(rows) -> the Samples of local prompts ``rows`` (prompt_rows counted from 0);
-    prompts_of(rows, samples) -> one prompt per sample. Adds time/sample (main thread),
+    prompts_of(rows, samples) -> (one prompt per sample, one metadata dict per sample or None). Adds time/sample (main thread),
     time/decode and time/reward (worker) and time/score_wait (main thread waiting) to ``times``."""
     parts, futures = [], []
     for rows in chunk_slices(n_prompts, scorer.chunks):
         t0 = time.perf_counter()
         s = sample(rows)
         times["time/sample"] += time.perf_counter() - t0
-        futures.append(scorer.submit(s.finals, prompts_of(rows, s)))
+        futures.append(scorer.submit(s.finals, *prompts_of(rows, s)))
         parts.append(dataclasses.replace(s, prompt_rows=s.prompt_rows + rows.start))
     t0 = time.perf_counter()
     scored = ChunkScores.cat([f.result() for f in futures])

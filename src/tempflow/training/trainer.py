@@ -101,8 +101,9 @@ class Trainer:
                 return sample_trajectories(self.model, cond[rows], positions[rows], a.group_size, points,
                                            self.sigmas, cfg.sampling.noise_level, gs, cfg.train.seed, it)
 
-        def prompts_of(rows: slice, s) -> list[str]:
-            return [self.train_set.prompts[local_ids[rows.start + r]] for r in s.prompt_rows.tolist()]
+        def prompts_of(rows: slice, s) -> tuple[list[str], list[dict] | None]:
+            ids_ = [local_ids[rows.start + r] for r in s.prompt_rows.tolist()]
+            return [self.train_set.prompts[i] for i in ids_], self.train_set.metadata_of(ids_)
 
         # 2. score: each chunk is decoded and scored (worker thread) while the next one samples
         samples, scored = sample_and_score(sample, len(positions), prompts_of, self.scorer, times)
