@@ -76,6 +76,19 @@ def test_export_writes_a_lora_with_a_model_card(run, tmp_path):
     assert code == 0, err
 
 
+def test_eval_of_a_checkpoint_equals_eval_of_its_export(run, tmp_path):
+    code, err = cli("export", run / "run", "--checkpoint", 1, "--out", tmp_path / "one")
+    assert code == 0, err
+    common = ["--prompts", run / "eval.txt", "--num", 2, "--steps", 2]
+    code, err = cli("eval", run / "run", "--checkpoint", 1, *common, "--out", tmp_path / "a")
+    assert code == 0, err
+    code, err = cli("eval", "--model", run / "tiny", "--lora", tmp_path / "one", "--reward", "shapes", *common,
+                    "--out", tmp_path / "b")
+    assert code == 0, err
+    a, b = (json.loads((tmp_path / x / "eval.json").read_text()) for x in "ab")
+    assert a["checkpoint"] == 1 and a["images"] == b["images"]
+
+
 def test_newest_export_equals_the_runs_own_lora(run, tmp_path):
     code, err = cli("export", run / "run", "--out", tmp_path / "newest")
     assert code == 0, err
@@ -104,6 +117,8 @@ def test_merged_weights_sample_like_base_plus_lora(run, tmp_path):
      "give the run folder as --lora RUN"),
     (["train", "--resume", "{run}", "--from-checkpoint", "7"], "has no checkpoint 7"),
     (["train", "--from-checkpoint", "1"], "goes with --resume"),
+    (["eval", "{run}", "--checkpoint", "9"], "has no checkpoint 9"),
+    (["eval", "--checkpoint", "1"], "give the run folder as TARGET"),
 ])
 def test_bad_checkpoint_choices_are_one_line(run, tmp_path, argv, expect):
     before = sorted(p.relative_to(run) for p in run.rglob("*"))

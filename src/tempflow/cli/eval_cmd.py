@@ -21,6 +21,9 @@ def add_parser(sub) -> None:
                    help="run folder, LoRA folder or checkpoint folder (default: the base model)")
     p.add_argument("--model", default=None, help="base model: 'shapes' (the shipped base) or a checkpoint folder")
     p.add_argument("--lora", metavar="DIR", default=None, help="load a LoRA written by `tempflow train`")
+    p.add_argument("--checkpoint", type=A.int_in(0), default=None, metavar="N",
+                   help="with a run folder as TARGET: its checkpoint after N iterations (EMA weights) "
+                   "instead of its lora/")
     p.add_argument("--prompts", default=None, metavar="SPEC",
                    help="'shapes:<split>', 'ocr:<split>', a GenEval metadata .jsonl or a prompt file "
                    "(default: the run's prompts.eval, else shapes:heldout)")
@@ -97,6 +100,8 @@ def run(args) -> int:
 
     _check(args)
     target = resolve_target(args.target, args.model, args.lora, args.allow_imports)
+    if args.checkpoint is not None and target.config is None:
+        raise UserError("--checkpoint N picks a checkpoint of a run: give the run folder as TARGET")
     s = _settings(args, target)
     family = model_family(target.model)
     prompt_set = PromptSet.load(s["prompts"])
@@ -114,9 +119,13 @@ def run(args) -> int:
         reward = reward_from_config(target.config.reward)  # the run's reward, weighted ones too
     else:
         reward = build_reward(s["reward"], **s["reward_kwargs"]) if s["reward"] else None
-    model = load_model(target.model, device=device)
-    if target.lora:
-        model.load_lora(target.lora)
+    if args.checkpoint is not None:
+        from tempflow.training.export import load_run_model
+        model = load_run_model(args.target, args.checkpoint, device=device)[0]
+    else:
+        model = load_model(target.model, device=device)
+        if target.lora:
+            model.load_lora(target.lora)
     res = evaluate_prompts(model, prompt_set, reward, args.num, s["steps"], s["shift"],
                            s["guidance_scale"], args.seed, verify=family == "shapes")
     print(f"{target.describe()} on {s['prompts']}")
@@ -124,7 +133,7 @@ def run(args) -> int:
     print(f"({len(res.prompts)} images, {args.num} per prompt, {s['steps']} steps, shift {s['shift']}, "
           f"cfg {s['guidance_scale']}, seed {args.seed}, {time.time() - t0:.1f}s)")
     if args.out:
-        meta = {"target": args.target, "model": target.model or "shapes",
+        meta = {"target": args.target, "checkpoint": args.checkpoint, "model": target.model or "shapes",
                 "lora": str(target.lora) if target.lora else None, "prompts": s["prompts"],
                 "reward": s["reward"], "images_per_prompt": args.num, "steps": s["steps"],
                 "shift": s["shift"], "guidance_scale": s["guidance_scale"], "seed": args.seed}
