@@ -328,9 +328,19 @@ class RunConfig(_Section):
     """Log a grid of training images every this many iterations; 0 disables."""
     overwrite: bool = False
     """Start afresh in an existing run folder, replacing it."""
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    """Experiment trackers that get the metrics, grids and final table: tensorboard (tb/), wandb,
+    swanlab, mlflow, trackio (each but tensorboard needs its extra, e.g. tempflow[wandb]); [] for none."""
 
     def _check(self) -> None:
+        from tempflow.training.trackers import TRACKERS
+
         self._need("out", bool(self.out.strip()), "a folder path", "runs need a place to write")
+        bad = [n for n in self.report_to if n not in TRACKERS]
+        self._need("report_to", not bad, f"a list of trackers from {', '.join(TRACKERS)}",
+                   f"{bad[0]!r} is not a tracker tempflow knows" if bad else "")
+        self._need("report_to", len(set(self.report_to)) == len(self.report_to), "a list without repeats",
+                   "each tracker is opened once")
         for name in ("eval_every", "save_every", "log_images_every"):
             self._need(name, getattr(self, name) >= 0, ">= 0", "it is an interval; 0 disables")
         self._need("eval_images_per_prompt", self.eval_images_per_prompt >= 1, ">= 1",

@@ -41,8 +41,9 @@ def evaluate(trainer: Trainer, it: int, run: RunDir) -> dict:
                                guidance_scale=cfg.sampling.guidance_scale, seed=cfg.train.seed)
     record = {"iteration": it, **res.summary(), "time/eval": time.perf_counter() - t0}
     n = min(EVAL_GRID_PROMPTS, len(trainer.eval_set.prompts)) * cfg.run.eval_images_per_prompt
-    save_grid(res.images[:n], run.path / "grids" / f"eval_{it:05d}.png",
-              nrow=cfg.run.eval_images_per_prompt * 2, prompts=res.prompts[:n])
+    grid = save_grid(res.images[:n], run.path / "grids" / f"eval_{it:05d}.png",
+                     nrow=cfg.run.eval_images_per_prompt * 2, prompts=res.prompts[:n])
+    run.log_image("grids/eval", grid, it)
     return record
 
 
@@ -231,4 +232,5 @@ def _after_iteration(trainer: Trainer, run: RunDir, dist: Dist, done: int) -> No
     if dist.is_main and cfg.run.log_images_every > 0 and done % cfg.run.log_images_every == 0:
         from tempflow.utils.images import save_grid
         images, prompts, _ = trainer.last_samples  # the iteration's first samples
-        save_grid(images, run.path / "grids" / f"train_{done:05d}.png", nrow=4, prompts=prompts)
+        grid = save_grid(images, run.path / "grids" / f"train_{done:05d}.png", nrow=4, prompts=prompts)
+        run.log_image("grids/train", grid, done)

@@ -6,7 +6,6 @@ unless the user asks (--resume, --overwrite). --overwrite removes only files tem
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 from pathlib import Path
@@ -174,6 +173,9 @@ class RunDir:
         self._tb = None
         self._purge_step: int | None = None
         self.history: list[dict] = []
+        self.report_to: list[str] | None = None  # run.report_to, once the trackers are open
+        self.trackers = None  # tempflow.training.trackers.Trackers (main process)
+        self._tb_pending: list[dict] = []  # records a resume replays before the config is known
 
     @property
     def metrics_file(self) -> Path:
@@ -184,6 +186,8 @@ class RunDir:
         config (run.overwrite stored as false) and an empty metrics.jsonl."""
         if not self.main:
             return
+        from tempflow.training.trackers import require_installed
+        require_installed(cfg.run.report_to)  # before anything in the folder changes
         if cfg.run.overwrite:
             remove_run_files(self.path)
         from tempflow import __version__
@@ -204,6 +208,7 @@ class RunDir:
         if self.main:
             dump_config(dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, overwrite=False)),
                         self.path / "config.yaml")
+        self.open_trackers(cfg)
 
     def resume(self, metrics_bytes: int, iteration: int) -> None:
         """Continue after a checkpoint: metrics.jsonl is cut back to what it held then (later
@@ -238,22 +243,86 @@ class RunDir:
             self._tb = SummaryWriter(str(self.path / "tb"), purge_step=self._purge_step)
         return self._tb
 
+    def open_trackers(self, cfg) -> None:
+        """Start the trackers of run.report_to (main process, once; docs/training.md). On a
+        resumed run TensorBoard gets the records from the checkpoint on again, and each other
+        tracker starts a new tracker run that first receives the run's records and grids so far."""
+        if not self.main or self.report_to is not None:
+            return
+        from tempflow.training.trackers import Trackers
+
+        self.trackers = Trackers.open(cfg, self.path)
+        self.report_to = list(cfg.run.report_to)
+        pending, self._tb_pending = self._tb_pending, []
+        for record in pending:
+            self._tb_write(record)
+        if not self.history:
+            return
+        last = max(r["iteration"] for r in self.history)
+        grids = sorted((int(f.stem.split("_")[1]), f.stem.split("_")[0], f)
+                       for f in (self.path / "grids").glob("*_*.png")
+                       if RUN_FOLDERS["grids"].match(f.name) and int(f.stem.split("_")[1]) <= last)
+        if "tensorboard" in self.report_to and self._purge_step is not None:
+            for step, kind, f in grids:
+                if step >= self._purge_step:
+                    self._tb_image(f"grids/{kind}", f, step)
+        events = sorted([(r["iteration"], 0, i, r) for i, r in enumerate(self.history)]
+                        + [(step, 1, i, (kind, f)) for i, (step, kind, f) in enumerate(grids)],
+                        key=lambda e: e[:3])
+        for step, is_grid, _, what in events:
+            if is_grid:
+                self.trackers.log_image(f"grids/{what[0]}", what[1], step)
+            else:
+                self.trackers.log(what)
+
+    def _configured(self) -> bool:
+        """Whether this process logs; a RunDir whose config never came logs to TensorBoard."""
+        if self.main and self.report_to is None:
+            from tempflow.training.trackers import Trackers
+            self.trackers, self.report_to = Trackers([]), ["tensorboard"]
+        return self.main
+
     def log(self, record: dict) -> None:
-        """Append a record (must hold 'iteration') to metrics.jsonl and TensorBoard scalars."""
+        """Append a record (must hold 'iteration') to metrics.jsonl, TensorBoard scalars and
+        the other trackers of run.report_to."""
         self.history.append(record)
-        if not self.main:
+        if not self._configured():
             return
         with open(self.metrics_file, "a") as f:
             f.write(json.dumps(record) + "\n")
         self._tb_write(record)
+        self.trackers.log(record)
+
+    def log_image(self, name: str, path: str | Path, step: int) -> None:
+        """Send a grid PNG the run wrote (``name``: 'grids/eval' or 'grids/train') to the
+        trackers, as an image where they take images."""
+        if not self._configured():
+            return
+        if "tensorboard" in self.report_to:
+            self._tb_image(name, Path(path), step)
+        self.trackers.log_image(name, path, step)
+
+    def _tb_image(self, name: str, path: Path, step: int) -> None:
+        import numpy as np
+        from PIL import Image
+
+        with Image.open(path) as im:
+            self.tb.add_image(name, np.asarray(im.convert("RGB")), step, dataformats="HWC")
+        self.tb.flush()
 
     def _tb_write(self, record: dict) -> None:
         if not self.main:
             return
+        if self.report_to is None:  # a resume replays records before the config is known
+            self._tb_pending.append(record)
+            return
+        if "tensorboard" not in self.report_to:
+            return
+        from tempflow.training.trackers import scalars
+
         step = record["iteration"]
-        for k, v in record.items():
-            if k != "iteration" and isinstance(v, (int, float)) and math.isfinite(v):
-                self.tb.add_scalar(k.replace(".", "/"), v, step)
+        for k, v in scalars(record).items():
+            self.tb.add_scalar(k.replace(".", "/"), v, step)
         self.tb.flush()
 
     @frees_cycles  # the figure's reference cycles, freed now rather than at a full collection
@@ -287,6 +356,20 @@ class RunDir:
         plt.close(fig)
 
     def close(self) -> None:
+        """Log the last evaluation's GenEval-style table (a text table in TensorBoard, a table
+        where the tracker has one) and close every tracker."""
+        if self.main and self.report_to is not None:
+            from tempflow.training.trackers import TABLE, geneval_table, table_markdown
+
+            table = geneval_table(self.history)
+            if table is not None:
+                columns, rows, _ = table
+                step = max(r["iteration"] for r in self.history)
+                if "tensorboard" in self.report_to:
+                    self.tb.add_text(TABLE, table_markdown(columns, rows), step)
+                self.trackers.log_table(TABLE, columns, rows, step)
+            self.trackers.finish()
+            self.report_to = None
         if self._tb is not None:
             self._tb.close()
             self._tb = None
