@@ -374,6 +374,10 @@ def test_overwrite_replaces_only_run_files(world, capsys):
     assert sorted(p.name for p in (run / "grids").iterdir()) == ["eval_best.png"]
     assert "overwrite: false" in (run / "config.yaml").read_text()
     assert json.loads((run / "tempflow-run.json").read_text())["tempflow"] == "run"
+    # a run started with --overwrite resumes like any other
+    code = main(["train", "--resume", str(run), "--set", "train.iterations=2", "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    assert (run / "checkpoints" / "iter_000002").is_dir()
 
 
 def test_a_run_from_before_the_marker_file_is_still_a_run(world, capsys):

@@ -28,10 +28,13 @@ OPTIMISER_KEYS = ("train.lr", "train.weight_decay", "train.grad_clip")
 
 
 def config_record(cfg) -> dict:
-    """meta.json's record of ``cfg``: {"config": nested dict, "config_sha256": its digest}."""
+    """meta.json's record of ``cfg``: {"config": nested dict, "config_sha256": its digest};
+    run.overwrite is recorded false, as in config.yaml (it says how the run started, not what
+    it trains)."""
     from tempflow.config import config_to_dict
 
     data = json.loads(json.dumps(config_to_dict(cfg), default=str))
+    data["run"]["overwrite"] = False
     digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode("utf-8")).hexdigest()
     return {"config": data, "config_sha256": digest}
 
