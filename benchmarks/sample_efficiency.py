@@ -80,12 +80,13 @@ def run_config(preset: str, variant: str, seed: int, out: Path, iterations: int 
 
 def finished(cfg) -> bool:
     """The run folder holds this config and its final evaluation."""
-    from tempflow.config import diff_configs, load_config
+    from tempflow.config import diff_configs
+    from tempflow.training.run_dir import saved_config
 
     path = Path(cfg.run.out)
     if not (path / "config.yaml").is_file() or not (path / "metrics.jsonl").is_file():
         return False
-    if [k for k in diff_configs(load_config(path / "config.yaml"), cfg) if k != "run.overwrite"]:
+    if [k for k in diff_configs(saved_config(path), cfg) if k != "run.overwrite"]:  # compared, not built
         return False
     records = [json.loads(l) for l in (path / "metrics.jsonl").read_text().splitlines() if l.strip()]
     return any(r.get("iteration") == cfg.train.iterations and "eval/pass_rate" in r for r in records)
@@ -142,6 +143,16 @@ def run_commands(tasks: list[tuple[str, list[str], Path]], jobs: int) -> None:
 FINAL = "final-eval"  # folder in each run (and in --out for the base model) of the --final-eval evaluations
 
 
+def allow_own_imports(cfg) -> list[str]:
+    """--allow-import for the reward factories this benchmark itself put into a run's config
+    (from the user's --set): evaluating the run reads them back from its config.yaml."""
+    from tempflow.config import config_to_dict
+    from tempflow.config.trust import factory_paths
+
+    modules = sorted({path.partition(":")[0].strip() for _, path in factory_paths(config_to_dict(cfg)["reward"])})
+    return [a for m in modules for a in ("--allow-import", m)]
+
+
 def final_evals(args) -> None:
     """``tempflow eval`` of every finished run's last weights and of the base model with
     ``args.final_eval`` images per prompt, the same initial noise (--seed 0) for all."""
@@ -156,7 +167,8 @@ def final_evals(args) -> None:
             run = Path(cfg.run.out)
             if not final_done(run / FINAL, n):
                 tasks.append((f"eval {variant} seed {seed}", ["eval", str(run), "--num", str(n), "--seed", "0",
-                                                             "--out", str(run / FINAL)], run / "final-eval.log"))
+                                                             *allow_own_imports(cfg), "--out", str(run / FINAL)],
+                               run / "final-eval.log"))
     if base_cfg is not None and not final_done(out / FINAL, n):
         s = base_cfg.sampling
         tasks.append(("eval base model", ["eval", "--model", base_cfg.model.name, "--prompts", base_cfg.prompts.eval,

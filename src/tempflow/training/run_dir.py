@@ -192,6 +192,7 @@ class RunDir:
             remove_run_files(self.path)
         from tempflow import __version__
 
+        self.path.mkdir(parents=True, exist_ok=True)
         (self.path / MARKER).write_text(json.dumps({"tempflow": "run", "format": 1,
                                                     "version": __version__}) + "\n")
         self.write_config(cfg)
