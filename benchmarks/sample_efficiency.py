@@ -4,26 +4,22 @@
         [--config configs/shapes-tempflow.yaml] [--set key=value ...] [--out runs/sample-efficiency]
     python benchmarks/sample_efficiency.py --summarise-only --out runs/sample-efficiency
 
-Every variant is the preset (``--config``, read with :func:`tempflow.config.load_config`)
-plus only the overrides that define it, so the preset's tuned values (steps, lr, KL, batch,
-...) are shared by all: Flow-GRPO (no branching, no weighting), branching only, weighting
+Every variant is the preset (``--config``) plus only the overrides that define it, so the
+preset's tuned values (steps, lr, KL, batch, ...) are shared by all: Flow-GRPO (no branching, no weighting), branching only, weighting
 only, TempFlow-GRPO; and the cheaper branching variants, TempFlow-GRPO with r = 1 or 2 random
 branch points per iteration, with all trained steps, and with each branch's ODE continuation
 to sigma = 0 cut to 3 steps (``algorithm.continuation_steps``). Same number of iterations,
 same prompts per iteration, and for a given seed the same prompts in every iteration (the
-draw depends on the seed and iteration only). ``--jobs J`` trains J runs at a time as
-``tempflow train`` child processes with cores / J threads each, or OMP_NUM_THREADS when set
-(on few cores this gets more runs done per hour than one run using every core; the
-wall-clock figures are then those of a run sharing the machine, and results.md says so).
+draw depends on the seed and iteration only). ``--jobs J`` trains J runs at a time as child
+processes with cores / J threads each (or OMP_NUM_THREADS); results.md says how they shared.
 
 Each (variant, seed) is a normal training run under ``--out/<variant>/seed<k>`` (a finished
 run with the same config is reused, so an interrupted benchmark continues). Written to
 ``--out``: results.md (held-out pass rate and dense score at every evaluation, mean +- std
 over seeds; iterations to reach the seed's base pass rate + each ``--gains``; model
-evaluations and wall-clock per iteration; pass-rate gain per million model evaluations; with
-``--final-eval N``, the GenEval-style table of every run's last weights and of the base model
-at N images per prompt), summary.json, and pass_rate_vs_{iterations,nfe,wallclock}.png (mean
-over seeds, band +- std).
+evaluations, wall-clock and pass-rate gain per million evaluations; with ``--final-eval N``,
+every run's last weights and the base at N images per prompt), summary.json, and
+pass_rate_vs_{iterations,nfe,wallclock}.png (mean over seeds, band +- std).
 """
 
 from __future__ import annotations
@@ -144,13 +140,10 @@ FINAL = "final-eval"  # folder in each run (and in --out for the base model) of 
 
 
 def allow_own_imports(cfg) -> list[str]:
-    """--allow-import for the reward factories this benchmark itself put into a run's config
-    (from the user's --set): evaluating the run reads them back from its config.yaml."""
-    from tempflow.config import config_to_dict
+    """--allow-import for reward factories this benchmark put into a run's config (from --set)."""
     from tempflow.config.trust import factory_paths
-
-    modules = sorted({path.partition(":")[0].strip() for _, path in factory_paths(config_to_dict(cfg)["reward"])})
-    return [a for m in modules for a in ("--allow-import", m)]
+    paths = factory_paths({"name": cfg.reward.name, "components": [vars(c) for c in cfg.reward.components]})
+    return [a for m in sorted({p.partition(":")[0].strip() for _, p in paths}) for a in ("--allow-import", m)]
 
 
 def final_evals(args) -> None:

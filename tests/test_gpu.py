@@ -368,6 +368,16 @@ def test_gpu_check_script_cpu_mode(tmp_path):
     assert summary["tests"]["failed"] == 0 and summary["tests"]["skipped"] == 7 and summary["tests"]["passed"] == 0
     bench = {r["algorithm"]: r for r in summary["gpu_sd35"]}
     assert set(bench) == {"tempflow", "flowgrpo"} and all(r["nfe"] > 0 and r["iteration_s"] > 0 for r in bench.values())
+    # the benchmark's own counts at the CPU mode's sizes (--seeds 2 --branches 2 --group 4 --steps 4):
+    # model evaluations, CFG doubling everything (algorithm.md section 5), T = 4, trained steps 0..2:
+    # sampling: TempFlow 2 seeds x (4 + 2 * (3 + 2 + 1)); Flow-GRPO 4 trajectories x 4;
+    # training: per start state a policy call and a reference call, each with CFG
+    rows = {a: json.loads((out / f"gpu_sd35_{a}.json").read_text())[0] for a in ("tempflow", "flowgrpo")}
+    assert rows["tempflow"]["nfe"] == 2 * 2 * (4 + 2 * 6) + 4 * (2 * 3)
+    assert rows["flowgrpo"]["nfe"] == 2 * 4 * 4 + 4 * (4 * 3)
+    assert rows["tempflow"]["train_rows"] == 6 and rows["flowgrpo"]["train_rows"] == 12
+    assert rows["tempflow"]["images"] == 2 * 3 * 2 and rows["flowgrpo"]["images"] == 4
+    assert all(r["train_tflops"] > 0 and r["tflop_per_s"] > 0 for r in rows.values())
     train = summary["train"]
     assert train["iterations"] == 2 and train["s_per_iteration"] > 0 and train["device"] == "cpu"
     assert train["cpu_reference_s_per_iteration"] == 2.9

@@ -14,6 +14,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
+from tempflow.config.branch_points import BranchPointSpec
 from tempflow.config.loading import coerce, field_types
 from tempflow.errors import UserError
 from tempflow.models.lora import SD3_ATTENTION_TARGETS, LoraSpec
@@ -349,24 +350,6 @@ class RunConfig(_Section):
                    "resuming needs at least the newest checkpoint")
         self._need("kl_stop", self.kl_stop is None or self.kl_stop > 0, "> 0 or null",
                    "it bounds the KL to the reference; null disables early stopping")
-
-
-@dataclass(frozen=True)
-class BranchPointSpec:
-    """Which trained steps branch: ``candidates`` (sorted); each iteration uses all of them
-    (``subset`` None) or ``subset`` of them drawn at random without replacement."""
-
-    candidates: tuple[int, ...]
-    subset: int | None = None
-
-    def draw(self, generator: Any = None) -> list[int]:
-        """This iteration's branch points, sorted; ``generator``: a torch.Generator."""
-        if self.subset is None:
-            return list(self.candidates)
-        import torch
-
-        idx = torch.randperm(len(self.candidates), generator=generator)[:self.subset]
-        return sorted(self.candidates[i] for i in idx.tolist())
 
 
 @dataclass(frozen=True)
