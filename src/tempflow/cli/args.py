@@ -67,6 +67,15 @@ def device(text: str) -> str:
     return text
 
 
+def model_spec(text: str) -> str:
+    """argparse type for --model: a path (starting with '.', '/' or '~') must exist; names and
+    hub ids are checked when the model loads. Fails fast, before torch is imported."""
+    if text.startswith((".", "/", "~")) and not Path(text).expanduser().exists():
+        raise argparse.ArgumentTypeError(f"model folder {text!r} not found (give 'shapes', a checkpoint "
+                                         f"folder, a diffusers pipeline folder or a hub id like org/name)")
+    return text
+
+
 def writable_folder(path: str | os.PathLike, flag: str) -> Path:
     """``path`` as an output folder: an existing folder, or one that can be created (its
     nearest existing parent is a writable folder). Nothing is created; UserError otherwise."""

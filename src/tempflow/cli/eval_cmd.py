@@ -19,7 +19,7 @@ def add_parser(sub) -> None:
                        "model).")
     p.add_argument("target", nargs="?", default=None, metavar="TARGET",
                    help="run folder, LoRA folder or checkpoint folder (default: the base model)")
-    p.add_argument("--model", default=None, help="base model: 'shapes' (the shipped base) or a checkpoint folder")
+    p.add_argument("--model", type=A.model_spec, default=None, help="base model: 'shapes' (the shipped base) or a checkpoint folder")
     p.add_argument("--lora", metavar="DIR", default=None, help="load a LoRA written by `tempflow train`")
     p.add_argument("--checkpoint", type=A.int_in(0), default=None, metavar="N",
                    help="with a run folder as TARGET: its checkpoint after N iterations (EMA weights) "

@@ -17,7 +17,7 @@ def add_parser(sub) -> None:
     p.add_argument("--num", type=A.int_in(1, 4096), default=8, help="images per prompt (default 8)")
     p.add_argument("--out", default="grid.png", help="output PNG (default grid.png); its layout "
                    "and prompts go to the .json of the same name")
-    p.add_argument("--model", default=None, help="'shapes' (default, the shipped base), a "
+    p.add_argument("--model", type=A.model_spec, default=None, help="'shapes' (default, the shipped base), a "
                    "checkpoint folder, or an SD3 pipeline folder / hub id")
     p.add_argument("--lora", metavar="DIR", default=None,
                    help="load a LoRA (diffusers format: a run's lora/, an export) onto the model, "
