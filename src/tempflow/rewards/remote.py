@@ -91,6 +91,33 @@ def post_json(url: str, body: dict, timeout: float, headers: dict | None = None)
                         f"url (reward.kwargs.url)") from None
 
 
+class Waits:
+    """How long a client waits before its next try: an answer with Retry-After (busy, loading,
+    rate-limited) is waited out, growing, capped at RETRY_AFTER_CAP, for max_wait s in all;
+    any other transient failure is retried ``retries`` times after backoff * 2^k s; every wait
+    gets up to 25% jitter so that many clients do not come back at once."""
+
+    def __init__(self, retries: int, backoff: float, max_wait: float):
+        self.retries, self.backoff, self.max_wait = retries, backoff, max_wait
+        self.failures = self.busy = 0
+        self.waited = 0.0
+
+    def next(self, err: "_Retry") -> float | None:
+        """Seconds to wait after ``err``, or None when the tries are spent."""
+        if err.retry_after is not None and self.waited < self.max_wait:
+            wait = min(max(err.retry_after, self.backoff * 2 ** self.busy), RETRY_AFTER_CAP,
+                       self.max_wait - self.waited)
+            self.busy += 1
+        else:
+            self.failures += 1
+            if self.failures > self.retries:
+                return None
+            wait = self.backoff * 2 ** (self.failures - 1)
+        wait *= random.uniform(1.0, 1.25)
+        self.waited += wait
+        return wait
+
+
 class RemoteReward:
     """reward(images, prompts[, metadata]) -> float32 [B], scored by the server at ``url``.
 
@@ -122,25 +149,17 @@ class RemoteReward:
 
     def _post(self, body: dict) -> dict:
         """POST; wait out a busy server, retry other transient failures (module docstring)."""
-        failures = busy = 0
-        waited = 0.0
+        waits = Waits(self.retries, self.backoff, self.max_wait)
         while True:
             try:
                 return post_json(self.url, body, self.timeout, self.headers)
             except _Retry as e:
                 last = e
-            if last.retry_after is not None and waited < self.max_wait:  # busy or loading: asked to wait
-                wait = min(max(last.retry_after, self.backoff * 2 ** busy), RETRY_AFTER_CAP,
-                           self.max_wait - waited)
-                busy += 1
-            else:
-                failures += 1
-                if failures > self.retries:
-                    break
-                wait = self.backoff * 2 ** (failures - 1)
-            wait *= random.uniform(1.0, 1.25)
-            waited += wait
+            wait = waits.next(last)
+            if wait is None:
+                break
             time.sleep(wait)
+        waited = waits.waited
         if last.retry_after is not None:
             raise UserError(f"reward server {self.url} stayed busy or loading for {waited:.0f} s (last: "
                             f"{last}); check GET /health on it, or raise reward.kwargs.max_wait")

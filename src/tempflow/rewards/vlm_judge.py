@@ -28,7 +28,6 @@ import json
 import logging
 import math
 import os
-import random
 import socket
 import threading
 import urllib.error
@@ -41,7 +40,7 @@ from torch import Tensor
 
 from tempflow.errors import UserError
 from tempflow.rewards.registry import register
-from tempflow.rewards.remote import RETRY_AFTER_CAP, _Retry, _retry_after
+from tempflow.rewards.remote import Waits, _Retry, _retry_after
 from tempflow.rewards.vlm_rubrics import (ANSWERS, DEFAULT_RUBRIC, PRESETS, Parsed,  # noqa: F401  (API)
                                           Rubric, format_instruction, parse_score, parse_yes_no)
 from tempflow.rewards.wire import encode_images
@@ -266,8 +265,7 @@ class VLMJudge:
     def _request(self, data: bytes, stop: threading.Event) -> Any:
         """POST with the retry policy of tempflow.rewards.remote (module docstring); the decoded
         JSON answer, or _Failed once the retries or max_wait are spent."""
-        failures = busy = 0
-        waited = 0.0
+        waits = Waits(self.retries, self.backoff, self.max_wait)
         while True:
             if stop.is_set():
                 raise _Stopped()
@@ -275,19 +273,12 @@ class VLMJudge:
                 return self._post_once(data)
             except _Retry as e:
                 last = e
-            if last.retry_after is not None and waited < self.max_wait:  # 429 / 503: asked to wait
-                pause = min(max(last.retry_after, self.backoff * 2 ** busy), RETRY_AFTER_CAP,
-                            self.max_wait - waited)
-                busy += 1
-            else:
-                failures += 1
-                if failures > self.retries:
-                    break
-                pause = self.backoff * 2 ** (failures - 1)
-            pause *= random.uniform(1.0, 1.25)
-            waited += pause
+            pause = waits.next(last)
+            if pause is None:
+                break
             if stop.wait(pause):
                 raise _Stopped()
+        waited = waits.waited
         if last.retry_after is not None:
             raise _Failed(f"stayed busy for {waited:.0f} s (last: {last})", busy=True)
         raise _Failed(f"failed {self.retries + 1} times (last: {last})")
