@@ -241,19 +241,9 @@ PROTECTED = ("run", "rank_mismatch", "rank_legacy", "edited_run", "damaged_run",
              "evil_run", "evil_pretrain")
 
 
-class _Pwn:
-    """Unpickling this runs a shell command that creates {tmp}/pwned."""
-
-    def __init__(self, target: Path):
-        self.target = target
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.target}",)
-
-
 def _hostile_world(tmp: Path, paths: dict) -> None:
     """Copies of the finished run, damaged or edited, and files crafted to run code."""
-    import pickle
+    from test_security import evil_pickle  # a pickle that would create {tmp}/pwned
 
     run = paths["run"]
     for name in ("edited_run", "damaged_run", "garbled_run", "evil_run"):
@@ -278,7 +268,7 @@ def _hostile_world(tmp: Path, paths: dict) -> None:
     (paths["foreign"] / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n')
     paths["evil_pretrain"] = tmp / "evil-pretrain"
     paths["evil_pretrain"].mkdir()
-    (paths["evil_pretrain"] / "pretrain_state.pt").write_bytes(pickle.dumps(_Pwn(tmp / "pwned")))
+    evil_pickle(paths["evil_pretrain"] / "pretrain_state.pt", tmp / "pwned")
     (tmp / "mine.json").write_text('{"my": "notes"}\n')
 
 
