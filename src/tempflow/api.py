@@ -154,8 +154,7 @@ def sample(prompts: str | Sequence[str], *, num: int = 8, model: str | None = No
     from tempflow.cli.sample_cmd import check_out
     from tempflow.errors import UserError
     from tempflow.grpo.rollout import rollout_flow_grpo
-    from tempflow.models import SAMPLING_DEFAULTS, load_model, model_family
-    from tempflow.sampling import flow_sigmas
+    from tempflow.models import SAMPLING_DEFAULTS, load_model, model_family, model_sigmas
     from tempflow.sampling.loops import sample_ode
     from tempflow.utils.images import save_grid
 
@@ -179,7 +178,7 @@ def sample(prompts: str | Sequence[str], *, num: int = 8, model: str | None = No
         cond = net.encode_prompts(flat)
         gen = torch.Generator().manual_seed(seed)
         noise = net.initial_noise(len(flat), gen)
-        sigmas = flow_sigmas(steps, shift)
+        sigmas = model_sigmas(net, steps, shift)
         if noise_level > 0:
             x = rollout_flow_grpo(net, cond, noise, sigmas, noise_level, range(steps), cfg,
                                   generator=gen).final

@@ -20,7 +20,6 @@ from pathlib import Path
 import torch
 
 from tempflow.models.base import FlowModel
-from tempflow.sampling import flow_sigmas
 from tempflow.sampling.loops import sample_ode
 
 
@@ -111,7 +110,8 @@ def sample_eval_images(model: FlowModel, prompts: list[str], images_per_prompt: 
     flat = [p for p in prompts for _ in range(images_per_prompt)]
     gen = torch.Generator().manual_seed(seed)
     noise = model.initial_noise(len(flat), gen).to(model.device)
-    sigmas = flow_sigmas(steps, shift).to(model.device)
+    from tempflow.models import model_sigmas
+    sigmas = model_sigmas(model, steps, shift).to(model.device)
     images = []
     for start in range(0, len(flat), batch_size):
         chunk = flat[start:start + batch_size]

@@ -79,8 +79,7 @@ def run(args) -> int:
     import torch
 
     from tempflow.cli.main import set_threads
-    from tempflow.models import SAMPLING_DEFAULTS, model_family
-    from tempflow.sampling import flow_sigmas
+    from tempflow.models import SAMPLING_DEFAULTS, model_family, model_sigmas
     from tempflow.grpo.rollout import rollout_flow_grpo
     from tempflow.sampling.loops import sample_ode
     from tempflow.utils.images import save_grid
@@ -99,7 +98,7 @@ def run(args) -> int:
     cond = model.encode_prompts(all_prompts)  # unknown words fail here, before any sampling
     gen = torch.Generator().manual_seed(args.seed)
     noise = model.initial_noise(len(all_prompts), gen)
-    sigmas = flow_sigmas(steps, shift)
+    sigmas = model_sigmas(model, steps, shift)
     if args.noise_level > 0:
         x = rollout_flow_grpo(model, cond, noise, sigmas, args.noise_level, range(steps), cfg,
                               generator=gen).final

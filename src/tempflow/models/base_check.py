@@ -1,6 +1,7 @@
 """Which base model a LoRA was trained on, recorded in the LoRA file and checked on load.
 
-A saved LoRA's safetensors metadata carries ``tempflow.base_model`` (how the base was named:
+A saved LoRA's safetensors metadata carries ``tempflow.family`` (the model family, e.g. 'sd3',
+'flux', 'qwenimage': a LoRA never fits another family's layers), ``tempflow.base_model`` (how the base was named:
 'shapes', a folder, a hub id) and ``tempflow.base_probe``: the mean absolute value of the first
 1024 entries of up to 32 of the base's weight tensors (evenly spaced in name order). Loading
 compares the probe with the model it is loaded onto, within a relative 1e-2, so the same base
@@ -16,7 +17,7 @@ from torch import nn
 
 from tempflow.errors import UserError
 
-BASE_KEY, PROBE_KEY = "tempflow.base_model", "tempflow.base_probe"
+BASE_KEY, PROBE_KEY, FAMILY_KEY = "tempflow.base_model", "tempflow.base_probe", "tempflow.family"
 PROBE_TENSORS, PROBE_VALUES, RTOL = 32, 1024, 1e-2
 
 
@@ -30,13 +31,19 @@ def base_probe(module: nn.Module) -> dict[str, float]:
             for n in names[::step][:PROBE_TENSORS]}
 
 
-def lora_metadata(module: nn.Module, base_name: str) -> dict[str, str]:
+def lora_metadata(module: nn.Module, base_name: str, family: str | None = None) -> dict[str, str]:
     """The metadata entries to write into a LoRA file trained on ``module``'s base."""
-    return {BASE_KEY: base_name, PROBE_KEY: json.dumps(base_probe(module), sort_keys=True)}
+    meta = {BASE_KEY: base_name, PROBE_KEY: json.dumps(base_probe(module), sort_keys=True)}
+    return {**meta, FAMILY_KEY: family} if family else meta
 
 
-def check_base(module: nn.Module, metadata: dict | None, source: str) -> None:
-    """UserError if ``metadata`` (a LoRA file's) records a base other than ``module``'s."""
+def check_base(module: nn.Module, metadata: dict | None, source: str, family: str | None = None) -> None:
+    """UserError if ``metadata`` (a LoRA file's) records another family or base than ``module``'s."""
+    saved_family = (metadata or {}).get(FAMILY_KEY)
+    if family and saved_family and saved_family != family:
+        raise UserError(f"{source} was trained on a {saved_family} model "
+                        f"({metadata.get(BASE_KEY, '?')!r}) and cannot load onto this {family} model: "
+                        f"a LoRA fits only the model family it was trained on")
     if not metadata or PROBE_KEY not in metadata:
         return  # a LoRA written elsewhere: nothing recorded to check
     try:

@@ -296,7 +296,8 @@ class TransformerAdapterMixin:
         from tempflow.models.base_check import lora_metadata
 
         canonical_safetensors(directory / "pytorch_lora_weights.safetensors",
-                              lora_metadata(self.transformer, getattr(self, "source", "?")))
+                              lora_metadata(self.transformer, getattr(self, "source", "?"),
+                                            getattr(self, "family", None)))
         return directory
 
     def load_lora(self, directory) -> None:
@@ -322,7 +323,8 @@ class TransformerAdapterMixin:
             raise UserError(f"{str(directory)!r} holds no transformer LoRA weights")
         from tempflow.models.base_check import check_base
 
-        check_base(self.transformer, _file_metadata(path), f"LoRA {str(directory)!r}")
+        check_base(self.transformer, _file_metadata(path), f"LoRA {str(directory)!r}",
+                   getattr(self, "family", None))
         if not self.has_lora:
             config = {k[len(prefix):]: v for k, v in (metadata or {}).items() if k.startswith(prefix)}
             if not config:

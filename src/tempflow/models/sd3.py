@@ -5,23 +5,23 @@ Wraps a diffusers ``StableDiffusion3Pipeline``. Only the MMDiT transformer is tr
 Conventions (algorithm.md section 1): sigma = 1 is noise; the transformer gets
 timestep = 1000 * sigma, one value per sample; it predicts v = eps - x0.
 
-A FLUX adapter follows the same pattern: its own encode / _forward (packing latents inside
-_forward) / decode, the same lora helpers, nothing changed in samplers or the base class.
+The other families (flux.py, qwenimage.py, ...) share the same base,
+:class:`~tempflow.models.diffusers_adapter.DiffusersAdapter`: prompt cache, freezing, chunked
+decoding; each writes its own encode / _forward / decode.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import Tensor
 
 from tempflow.errors import UserError
 from tempflow.models.base import Conditioning, FlowModel
-from tempflow.models.lora import (LoraSpec, TransformerAdapterMixin, attach_lora, has_lora,
-                                  lora_parameters)
+from tempflow.models.diffusers_adapter import DiffusersAdapter
+from tempflow.models.lora import LoraSpec
 
 _HINT = ("pass a local diffusers folder of SD3 / SD3.5 (one containing model_index.json, e.g. "
          "made by StableDiffusion3Pipeline.save_pretrained or huggingface-cli download) or a "
@@ -65,7 +65,7 @@ def check_model_index(path: Path) -> None:
                             f"(importing another library would run its code)")
 
 
-class SD3Model(TransformerAdapterMixin, FlowModel):
+class SD3Model(DiffusersAdapter, FlowModel):
     """SD3 / SD3.5 flow model. Latents [16, res/8, res/8] for the real model.
 
     Args:
@@ -75,49 +75,12 @@ class SD3Model(TransformerAdapterMixin, FlowModel):
         max_sequence_length: T5 tokens; prompt embeddings are [B, 77 + this, 4096] for SD3.
     """
 
+    family = "sd3"
+    text_modules = ("text_encoder", "text_encoder_2", "text_encoder_3")
+
     def __init__(self, pipe, resolution: int = 512, lora: LoraSpec | None = None,
                  max_sequence_length: int = 256) -> None:
-        super().__init__()
-        self.pipe = pipe
-        self.transformer = pipe.transformer
-        self.resolution = int(resolution)
-        self.max_sequence_length = int(max_sequence_length)
-        self.device = self.transformer.device
-        self.dtype = self.transformer.dtype
-        multiple = pipe.vae_scale_factor * self.transformer.config.patch_size
-        if self.resolution <= 0 or self.resolution % multiple:
-            raise UserError(f"resolution must be a positive multiple of {multiple} for this model, "
-                            f"got {resolution}")
-        for name in ("text_encoder", "text_encoder_2", "text_encoder_3", "vae"):
-            module = getattr(pipe, name, None)
-            if module is not None:
-                module.requires_grad_(False)
-                module.eval()
-        self.transformer.eval()
-        if lora is not None:
-            attach_lora(self.transformer, lora)
-        elif has_lora(self.transformer):        # e.g. pipe.load_lora_weights(...) beforehand
-            self.transformer.requires_grad_(False)
-            for p in lora_parameters(self.transformer):
-                p.requires_grad_(True)
-        else:
-            self.transformer.requires_grad_(True)
-        self._lora_in_float32()
-        self._negative: Conditioning | None = None
-
-    def add_lora(self, spec: LoraSpec) -> None:
-        """Attach a fresh LoRA (float32 weights on a bf16 / fp16 base, see _lora_in_float32)."""
-        super().add_lora(spec)
-        self._lora_in_float32()
-
-    def _lora_in_float32(self) -> None:
-        """Keep LoRA weights in float32 whatever the base's dtype (peft casts the layer input to
-        them and the sum back to the base's dtype). In fp16 AdamW's eps = 1e-8 rounds to 0, so
-        the all-zero first gradient of lora_A (B = 0) gives 0 / 0 = NaN after one step; in bf16
-        updates below the weights' 2^-8 resolution are lost."""
-        for p in lora_parameters(self.transformer):
-            if p.dtype != torch.float32:
-                p.data = p.data.float()
+        super().__init__(pipe, resolution, lora, max_sequence_length)
 
     @classmethod
     def from_pretrained(cls, path_or_hub_id: str | os.PathLike, resolution: int = 512,
@@ -162,27 +125,22 @@ class SD3Model(TransformerAdapterMixin, FlowModel):
         side = self.resolution // self.pipe.vae_scale_factor
         return (self.transformer.config.in_channels, side, side)
 
-    @torch.no_grad()
-    def encode_prompts(self, prompts: Sequence[str]) -> Conditioning:
+    def schedule(self, num_steps: int) -> Tensor:
+        """SD3's sigmas [num_steps + 1]: a fixed shift (the scheduler config's, 3.0) over the
+        scheduler's own grid, i.e. :func:`tempflow.sampling.flow_sigmas`."""
+        from tempflow.sampling.schedule import flow_sigmas
+
+        return flow_sigmas(num_steps, float(self.pipe.scheduler.config.shift))
+
+    def _encode(self, prompts: list[str]) -> Conditioning:
         """B prompts -> prompt_embeds [B, L, D] and pooled_prompt_embeds [B, P] on self.device.
 
         All three encoders see the same prompt; L = CLIP length + max_sequence_length.
         """
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        prompts = list(prompts)
-        if not prompts:
-            raise ValueError("encode_prompts needs at least one prompt")
         embeds, _, pooled, _ = self.pipe.encode_prompt(
             prompt=prompts, prompt_2=prompts, prompt_3=prompts, device=self.device,
             do_classifier_free_guidance=False, max_sequence_length=self.max_sequence_length)
         return Conditioning({"prompt_embeds": embeds, "pooled_prompt_embeds": pooled})
-
-    def encode_negative(self, n: int) -> Conditioning:
-        """The empty prompt "" (what the diffusers pipeline uses for CFG), encoded once, batch n."""
-        if self._negative is None:
-            self._negative = self.encode_prompts([""])
-        return self._negative.repeat_interleave(n)
 
     def _forward(self, x: Tensor, sigma: Tensor, cond: Conditioning) -> Tensor:
         """x: [B, C, H, W] (model dtype), sigma: [B] float32 -> velocity [B, C, H, W] (model dtype)."""
@@ -194,12 +152,8 @@ class SD3Model(TransformerAdapterMixin, FlowModel):
             timestep=(1000.0 * sigma).to(x.device, torch.float32),
             return_dict=False)[0]
 
-    def decode(self, x: Tensor) -> Tensor:
-        """Latents [B, C, h, w] -> images float32 [B, 3, h * f, w * f] in [0, 1].
-
-        Gradient mode is the caller's (wrap in no_grad for rollouts).
-        """
+    def _decode_latents(self, x: Tensor) -> Tensor:
+        """Latents [b, C, h, w] -> VAE image [b, 3, h * f, w * f] in [-1, 1]."""
         vae = self.pipe.vae
         latents = x.to(vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
-        image = vae.decode(latents, return_dict=False)[0]
-        return (image.float() / 2 + 0.5).clamp(0, 1)
+        return vae.decode(latents, return_dict=False)[0]

@@ -62,6 +62,8 @@ class ShapesModelConfig:
 class ShapesModel(TransformerAdapterMixin, FlowModel):
     """Pixel-space flow model: x is an RGB image in [-1, 1], latent_shape (3, R, R)."""
 
+    family = "shapes"  # recorded in saved LoRAs (models/base_check.py)
+
     def __init__(self, config: ShapesModelConfig, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32):
         super().__init__()

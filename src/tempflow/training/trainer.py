@@ -18,11 +18,12 @@ import torch
 
 from tempflow.config import TrainConfig
 from tempflow.grpo.objective import ObjectiveConfig, branch_transitions, grpo_loss, trajectory_transitions
-from tempflow.models import load_model
+from tempflow.models import load_model, model_sigmas
 from tempflow.rewards import reward_from_config
-from tempflow.sampling import flow_sigmas, noise_aware_weights
+from tempflow.sampling import noise_aware_weights
 from tempflow.training.distributed import Dist
 from tempflow.training.ema import EMA
+from tempflow.training.engine import Engine
 from tempflow.training.prompts import PromptSet
 from tempflow.training.rollout_phase import sample_branching, sample_trajectories
 from tempflow.training.scoring import (FailureWatch, RewardScorer, component_means, gather_components,
@@ -37,16 +38,19 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, dist: Dist | None = None):
         self.cfg = cfg
         self.dist = dist or Dist()
+        self.engine = Engine(self.dist, cfg)  # refuses launch settings it cannot honour, before loading
         torch.manual_seed(cfg.train.seed)
         self.model = load_model(cfg.model.name, device=self.dist.device,
                                 dtype=DTYPES[cfg.model.dtype], resolution=cfg.model.resolution)
         self._prepare_model()
-        params = self.model.trainable_parameters()
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        optimizer = torch.optim.AdamW(self.model.trainable_parameters(), lr=cfg.train.lr,
+                                      weight_decay=cfg.train.weight_decay)
+        self.optimizer = self.engine.prepare(self.model, optimizer)
+        params = self.model.trainable_parameters()  # after prepare: the engine's (maybe sharded) ones
         self.ema = EMA(params, cfg.train.ema_decay, cfg.train.ema_every)
         self.reward = reward_from_config(cfg.reward)
         self.scorer = RewardScorer(self.model, self.reward, cfg.reward.name, cfg.reward.score_chunks,
-                                   cfg.reward.async_scoring)
+                                   cfg.reward.async_scoring, cfg.reward.device)
         self.failures = FailureWatch(cfg.reward.max_failed_iterations)
         self.train_set = PromptSet.load(cfg.prompts.train)
         self.eval_set = PromptSet.load(cfg.prompts.eval)
@@ -56,7 +60,7 @@ class Trainer:
                             f"multiple of the number of processes ({self.dist.world})")
         with torch.no_grad():  # text embeddings of the prompt set, computed once
             self.train_cond = self.model.encode_prompts(self.train_set.prompts)
-        self.sigmas = flow_sigmas(cfg.sampling.steps, cfg.sampling.shift).to(self.dist.device)
+        self.sigmas = model_sigmas(self.model, cfg.sampling.steps, cfg.sampling.shift).to(self.dist.device)
         self.steps = cfg.sampling.trained_steps()
         self.weights_all = noise_aware_weights(self.sigmas.cpu(), cfg.sampling.noise_level, self.steps)
         self.objective = ObjectiveConfig(cfg.sampling.noise_level, cfg.algorithm.clip_range,
@@ -157,9 +161,10 @@ class Trainer:
         return record
 
     def _train(self, batch, keys, it: int) -> dict:
-        """Inner epochs x minibatches over start states; gradients summed across processes and
-        normalised by the global number of valid transitions, so N processes == 1 process."""
-        cfg = self.cfg.train
+        """Inner epochs x minibatches over start states. Each process's loss is weighted by its
+        share of the global number of valid transitions (times the process count, as the engine
+        averages gradients), so N processes make the update of 1 process."""
+        cfg, eng = self.cfg.train, self.engine
         total_keys = int(self.dist.sum(torch.tensor(float(len(keys)))).item())
         params = self.model.trainable_parameters()
         stats, skipped = defaultdict(list), 0
@@ -169,31 +174,26 @@ class Trainer:
             rank_of[perm] = torch.arange(total_keys)
             mb_of = rank_of[keys] * cfg.minibatches // total_keys           # [R_local]
             for mb in range(cfg.minibatches):
-                rows = (mb_of == mb).nonzero().squeeze(1)
-                sub = batch.select(rows)
+                sub = batch.select((mb_of == mb).nonzero().squeeze(1))
                 n_local = sub.valid.sum()
                 n_global = self.dist.sum(n_local.float())
                 self.optimizer.zero_grad(set_to_none=False)
-                for prm in params:
-                    if prm.grad is None:
-                        prm.grad = torch.zeros_like(prm)
+                if eng.name != "deepspeed":
+                    for prm in params:
+                        if prm.grad is None:
+                            prm.grad = torch.zeros_like(prm)
                 if n_global == 0:
                     continue
-                loss, st = torch.zeros(()), {}
-                if n_local > 0:
-                    sub = sub.with_signal()
-                    loss, st = grpo_loss(self.model, sub, self.objective)
-                    (loss * (n_local.float() / n_global)).backward()
-                for prm in params:
-                    prm.grad = self.dist.sum(prm.grad)
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                loss, bad, st = self._backward(batch, sub, n_local, n_global)
+                grad_norm = eng.clip(params, cfg.grad_clip)
                 # NaN / inf guard: skip the step on every process (the flags are summed)
-                if self.dist.sum(torch.stack([~torch.isfinite(loss.detach()), ~torch.isfinite(grad_norm)])
-                                 .float().cpu()).any():
+                if bad or self.dist.sum(torch.stack([~torch.isfinite(loss), ~torch.isfinite(grad_norm)])
+                                        .float().cpu()).any():
                     skipped += 1
                     continue
-                for k, v in st.items():
-                    stats[k].append(v)
+                for part in st:
+                    for k, v in part.items():
+                        stats[k].append(v)
                 stats["grad_norm"].append(float(grad_norm))
                 self.optimizer.step()
                 self.ema.step()
@@ -203,6 +203,42 @@ class Trainer:
             out["train/ratio_max"] = float(np.max(stats["ratio_max"]))
         out["train/skipped_steps"] = skipped
         return out
+
+    def _backward(self, batch, sub, n_local, n_global) -> tuple[torch.Tensor, bool, list[dict]]:
+        """Loss and backward of one minibatch in train.grad_accumulation micro-batches (gradients
+        synchronised on the last). Under an engine every process runs every micro-batch, one
+        with no valid transition as a zero-weighted forward, as the engine's collectives need."""
+        from tempflow.training.scoring import chunk_slices
+
+        eng, a = self.engine, self.cfg.train.grad_accumulation
+        rows = sub.with_signal() if n_local > 0 else sub
+        parts = [rows.select(torch.arange(s.start, s.stop)) for s in chunk_slices(len(rows), a)]
+        parts += [None] * (a - len(parts))
+        total, stats = torch.zeros(()), []
+        for i, part in enumerate(parts):
+            n_part = part.valid.sum() if part is not None and n_local > 0 else torch.zeros((), dtype=torch.long)
+            if n_part == 0 and eng.name == "single":
+                continue
+            weight = n_part.float() / n_global
+            if n_part == 0:  # a forward the other processes' collectives wait for; no gradient
+                part = self._dummy_rows(batch)
+            with eng.no_sync(sync=i == a - 1), eng.forward_scope(self.model):
+                loss, st = grpo_loss(self.model, part, self.objective)
+                if eng.name == "deepspeed" and self.dist.sum((~torch.isfinite(loss.detach())).float().cpu()) > 0:
+                    return loss.detach(), True, stats  # DeepSpeed steps inside backward: check the loss first
+                eng.backward(loss * (weight * eng.loss_scale) if eng.name != "single" else loss * weight)
+            if n_part > 0:
+                total = total + loss.detach().cpu() * weight
+                stats.append(st)
+        return total, False, stats
+
+    @staticmethod
+    def _dummy_rows(batch):
+        """One start state of this process's batch, marked valid (its loss is weighted by 0)."""
+        import dataclasses
+
+        one = batch.select(torch.tensor([0]))
+        return dataclasses.replace(one, valid=torch.ones_like(one.valid))
 
     # ------------------------------------------------------------------ state
     def _named_trainable(self) -> dict[str, torch.nn.Parameter]:

@@ -1,0 +1,119 @@
+"""Tiny, randomly initialised diffusers pipelines of every family tempflow adapts, built from
+config dicts (nothing downloaded), and the adapters around them.
+
+Each builder returns a float32 CPU pipeline in eval mode, deterministic in ``seed``, with the
+family's real (public) scheduler config, so the dynamic time shift is exercised. Sizes are
+chosen so one sampling step takes milliseconds: images 16 px, latents [C, 8, 8] (FLUX.2:
+[C, 4, 4] after its 2x2 patchify), transformers of 1-2 blocks with 2 heads.
+A new family: add ``build_<family>`` and a :data:`TINY` entry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from tiny_sd3 import CLIP_LEN, T5_LEN, _clip_tokenizer, _t5_encoder, _t5_tokenizer, build_tiny_sd3
+
+RESOLUTION = 16
+
+
+def _clip_text_model(vocab_size: int, hidden: int = 32):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    cfg = CLIPTextConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=1, num_attention_heads=2, projection_dim=hidden,
+                         max_position_embeddings=CLIP_LEN, bos_token_id=0, eos_token_id=1,
+                         pad_token_id=1, hidden_act="gelu")
+    return CLIPTextModel(cfg)
+
+
+def _kl_vae(latent_channels: int, **extra):
+    """AutoencoderKL with two levels (scale factor 2): 16 px images -> [latent_channels, 8, 8]."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                         up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 8),
+                         layers_per_block=1, latent_channels=latent_channels, norm_num_groups=4,
+                         sample_size=RESOLUTION, use_quant_conv=False, use_post_quant_conv=False,
+                         mid_block_add_attention=False, **extra)
+
+
+def _scheduler(family: str):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from tempflow.models.families import SCHEDULERS
+
+    return FlowMatchEulerDiscreteScheduler.from_config(SCHEDULERS[family])
+
+
+def _finish(pipe):
+    for name in ("transformer", "vae", "text_encoder", "text_encoder_2"):
+        module = getattr(pipe, name, None)
+        if module is not None:
+            module.eval()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def build_flux(seed: int = 0, guidance_embeds: bool = True):
+    """FluxPipeline: transformer 1 double + 1 single block, 2 heads x 16 (rope axes 4, 4, 8);
+    CLIP (hidden 32 -> pooled 32) + T5 (d_model 32); VAE latents [4, 8, 8], packed [16, 16]."""
+    from diffusers import FluxPipeline, FluxTransformer2DModel
+
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
+        guidance_embeds=guidance_embeds, axes_dims_rope=[4, 4, 8])
+    tok, tok2 = _clip_tokenizer(), _t5_tokenizer()
+    pipe = FluxPipeline(scheduler=_scheduler("flux"), vae=_kl_vae(4, scaling_factor=0.3611, shift_factor=0.1159),
+                        text_encoder=_clip_text_model(len(tok)), tokenizer=tok,
+                        text_encoder_2=_t5_encoder(len(tok2)), tokenizer_2=tok2,
+                        transformer=transformer)
+    return _finish(pipe)
+
+
+@dataclass(frozen=True)
+class Tiny:
+    """How to build one family's tiny pipeline and wrap it.
+
+    build(seed) -> pipeline; adapter(pipe, lora) -> FlowModel; call_kwargs: what the pipeline's
+    __call__ needs to sample as the adapter does at the family's default guidance
+    ``guidance_scale`` (the project's CFG scale; None = off); lora_targets: the adapter's
+    default LoRA target modules.
+    """
+
+    build: Callable
+    adapter: Callable
+    guidance_scale: float | None
+    call_kwargs: dict = field(default_factory=dict)
+    lora_targets: tuple[str, ...] = ()
+
+
+def _sd3_adapter(pipe, lora=None):
+    from tempflow.models.sd3 import SD3Model
+
+    return SD3Model(pipe, resolution=RESOLUTION, lora=lora, max_sequence_length=T5_LEN)
+
+
+def _flux_adapter(pipe, lora=None):
+    from tempflow.models.flux import FluxModel
+
+    return FluxModel(pipe, resolution=RESOLUTION, lora=lora, max_sequence_length=T5_LEN)
+
+
+def _targets(name: str) -> tuple[str, ...]:
+    from tempflow.models import flux, lora
+
+    return {"sd3": lora.SD3_ATTENTION_TARGETS, "flux": flux.FLUX_ATTENTION_TARGETS}[name]
+
+
+TINY: dict[str, Tiny] = {
+    "sd3": Tiny(build_tiny_sd3, _sd3_adapter, 4.5,
+                {"guidance_scale": 4.5, "max_sequence_length": T5_LEN}, _targets("sd3")),
+    "flux": Tiny(build_flux, _flux_adapter, None,
+                 {"guidance_scale": 3.5, "max_sequence_length": T5_LEN}, _targets("flux")),
+}
