@@ -77,3 +77,13 @@ def test_flux_preset_mirrors_the_authors():
     assert (cfg.sampling.steps, cfg.sampling.noise_level, cfg.model.dtype) == (10, 0.9, "bfloat16")
     sig = family_sigmas("flux", cfg.sampling.steps, cfg.model.resolution)
     assert abs(inv_mean_std(sig, cfg.sampling.noise_level) - 1.726) < 5e-4
+
+
+def test_qwenimage_preset():
+    from tempflow.config.loading import load_config
+
+    cfg = load_config(CONFIGS / "qwenimage-pickscore-tempflow.yaml", [])
+    assert model_family(cfg.model.name) == "qwenimage" and cfg.model.resolution == 512
+    assert (cfg.sampling.guidance_scale, cfg.train.ema_every, cfg.algorithm.beta) == (4.0, 0, 0.0)
+    sig = family_sigmas("qwenimage", cfg.sampling.steps, cfg.model.resolution)
+    assert abs(inv_mean_std(sig, cfg.sampling.noise_level) - 1.533) < 5e-4

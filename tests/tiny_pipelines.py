@@ -18,6 +18,7 @@ import torch
 from tiny_sd3 import CLIP_LEN, T5_LEN, _clip_tokenizer, _t5_encoder, _t5_tokenizer, build_tiny_sd3
 
 RESOLUTION = 16
+QWEN_LEN = 64  # text tokens kept per prompt by the Qwen-based tiny pipelines
 
 
 def _clip_text_model(vocab_size: int, hidden: int = 32):
@@ -76,6 +77,54 @@ def build_flux(seed: int = 0, guidance_embeds: bool = True):
     return _finish(pipe)
 
 
+def qwen_tokenizer(chat_template: bool = False):
+    """A byte-level BPE tokenizer with no merges (one token per byte) and Qwen's special tokens
+    (<|endoftext|>, <|im_start|>, <|im_end|>): 259 ids. ``chat_template``: a ChatML template."""
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import Qwen2Tokenizer
+
+    vocab = {c: i for i, c in enumerate(sorted(ByteLevel.alphabet()))}
+    for special in ("<|endoftext|>", "<|im_start|>", "<|im_end|>"):
+        vocab[special] = len(vocab)
+    tok = Qwen2Tokenizer(vocab=vocab, merges=[])
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    if chat_template:
+        tok.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
+                             "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}"
+                             "<|im_start|>assistant\n{% endif %}")
+    return tok
+
+
+def build_qwenimage(seed: int = 0):
+    """QwenImagePipeline: transformer 1 block of 2 heads x 16 over 2x2-packed latents
+    [4, 4, 4] (its video VAE has scale factor 4 here); Qwen2.5-VL text encoder (hidden 16)."""
+    from diffusers import AutoencoderKLQwenImage, QwenImagePipeline, QwenImageTransformer2DModel
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    torch.manual_seed(seed)
+    transformer = QwenImageTransformer2DModel(
+        patch_size=2, in_channels=16, out_channels=4, num_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=16, guidance_embeds=False, axes_dims_rope=(8, 4, 4))
+    vae = AutoencoderKLQwenImage(base_dim=8, z_dim=4, dim_mult=[1, 2, 2], num_res_blocks=1,
+                                 temperal_downsample=[False, True], latents_mean=[0.1, -0.2, 0.0, 0.3],
+                                 latents_std=[1.5, 0.8, 1.0, 2.0])
+    tok = qwen_tokenizer()
+    config = Qwen2_5_VLConfig(
+        text_config={"hidden_size": 16, "intermediate_size": 16, "num_hidden_layers": 1,
+                     "num_attention_heads": 2, "num_key_value_heads": 2, "vocab_size": len(tok),
+                     "rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"},
+                     "rope_theta": 1000000.0, "bos_token_id": 256, "eos_token_id": 258},
+        vision_config={"depth": 1, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2,
+                       "out_hidden_size": 16},
+        hidden_size=16, vocab_size=len(tok), vision_start_token_id=len(tok) + 1,
+        vision_end_token_id=len(tok) + 2, vision_token_id=len(tok) + 3, image_token_id=len(tok) + 4,
+        video_token_id=len(tok) + 5)
+    text_encoder = Qwen2_5_VLForConditionalGeneration(config)
+    pipe = QwenImagePipeline(scheduler=_scheduler("qwenimage"), vae=vae, text_encoder=text_encoder,
+                             tokenizer=tok, transformer=transformer)
+    return _finish(pipe)
+
+
 @dataclass(frozen=True)
 class Tiny:
     """How to build one family's tiny pipeline and wrap it.
@@ -105,10 +154,17 @@ def _flux_adapter(pipe, lora=None):
     return FluxModel(pipe, resolution=RESOLUTION, lora=lora, max_sequence_length=T5_LEN)
 
 
-def _targets(name: str) -> tuple[str, ...]:
-    from tempflow.models import flux, lora
+def _qwenimage_adapter(pipe, lora=None):
+    from tempflow.models.qwenimage import QwenImageModel
 
-    return {"sd3": lora.SD3_ATTENTION_TARGETS, "flux": flux.FLUX_ATTENTION_TARGETS}[name]
+    return QwenImageModel(pipe, resolution=RESOLUTION, lora=lora, max_sequence_length=QWEN_LEN)
+
+
+def _targets(name: str) -> tuple[str, ...]:
+    from tempflow.models import flux, lora, qwenimage
+
+    return {"sd3": lora.SD3_ATTENTION_TARGETS, "flux": flux.FLUX_ATTENTION_TARGETS,
+            "qwenimage": qwenimage.QWENIMAGE_ATTENTION_TARGETS}[name]
 
 
 TINY: dict[str, Tiny] = {
@@ -116,4 +172,7 @@ TINY: dict[str, Tiny] = {
                 {"guidance_scale": 4.5, "max_sequence_length": T5_LEN}, _targets("sd3")),
     "flux": Tiny(build_flux, _flux_adapter, None,
                  {"guidance_scale": 3.5, "max_sequence_length": T5_LEN}, _targets("flux")),
+    "qwenimage": Tiny(build_qwenimage, _qwenimage_adapter, 4.0,
+                      {"true_cfg_scale": 4.0, "negative_prompt": " ", "max_sequence_length": QWEN_LEN},
+                      _targets("qwenimage")),
 }

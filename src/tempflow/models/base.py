@@ -150,6 +150,11 @@ class FlowModel(ABC):
             both = self._forward(torch.cat([xm, xm]), torch.cat([sigma, sigma]),
                                  Conditioning.cat([neg, cond])).float()
             v_u, v_c = both.chunk(2)
+        return self.guide(v_u, v_c, guidance_scale)
+
+    def guide(self, v_u: Tensor, v_c: Tensor, guidance_scale: float) -> Tensor:
+        """Classifier-free guidance v_u + g (v_c - v_u); float32 [B, *latent_shape] in and out.
+        A family whose pipeline combines differently (Qwen-Image rescales) overrides this."""
         return v_u + guidance_scale * (v_c - v_u)
 
     def decode_images(self, x: Tensor) -> Tensor:
