@@ -73,6 +73,10 @@ def expected_table(run: Path) -> dict[str, float]:
     return {**table, "overall": last["eval/pass_rate"]}
 
 
+def grid_files(run: Path) -> dict[tuple[str, int], Path]:
+    return {(f.stem.split("_")[0], int(f.stem.split("_")[1])): f for f in (run / "grids").glob("*.png")}
+
+
 def grid_steps(run: Path) -> dict[str, list[int]]:
     out: dict[str, list[int]] = {"eval": [], "train": []}
     for f in sorted((run / "grids").glob("*.png")):
@@ -270,6 +274,125 @@ def test_mlflow_gets_metrics_grids_and_table(tiny, tmp_path, monkeypatch, mlflow
                                                       str(tmp_path))).read_text())
     assert dict(map(tuple, table["data"])) == pytest.approx(expected_table(out))
     assert (out / "tb").is_dir()  # both trackers at once
+
+
+# ---------------------------------------------------------------------------- swanlab (offline)
+
+def swanlab_records(run_dir: Path) -> list:
+    """The protobuf records of an offline SwanLab run's .swanlab file (the same LevelDB-style
+    log as wandb's, header ':SWL')."""
+    from swanlab.proto.swanlab.record.v1.record_pb2 import Record
+    from swanlab.sdk.internal.core_python.store import DataStoreReader
+
+    [log] = run_dir.glob("*.swanlab")
+    reader = DataStoreReader()
+    reader.open(log)
+    out = []
+    for data in reader:
+        rec = Record()
+        rec.ParseFromString(data)
+        out.append(rec)
+    reader.close()
+    return out
+
+
+def same_pixels(a: Path, b: Path) -> bool:
+    from PIL import Image
+
+    with Image.open(a) as x, Image.open(b) as y:
+        return x.convert("RGB").tobytes() == y.convert("RGB").tobytes() and x.size == y.size
+
+
+def test_swanlab_offline_gets_metrics_grids_and_table(tiny, tmp_path, monkeypatch):
+    pytest.importorskip("swanlab", reason="swanlab not installed (pip install 'tempflow[swanlab]'; "
+                                          "it needs protobuf<7, see docs/training.md)")
+    for k in ("SWANLAB_LOG_DIR", "SWANLAB_LOGDIR", "SWANLAB_PROJECT", "SWANLAB_API_KEY"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("SWANLAB_MODE", "offline")
+    from swanlab.proto.swanlab.run.v1.run_pb2 import RunState
+
+    out = tmp_path / "run"
+    train(tiny_config(tiny, out, ["swanlab"]))
+    assert not (out / "tb").exists()
+    [run_dir] = (out / "swanlog").glob("run-*")  # RUN/swanlog/ by default
+    records = swanlab_records(run_dir)
+    kinds = [r.WhichOneof("record_type") for r in records]
+    assert kinds[0] == "start" and kinds[-1] == "finish"
+    assert records[0].start.project == "tempflow" and records[0].start.name == "run"
+    assert records[-1].finish.state == RunState.RUN_STATE_FINISHED
+    scalars_: dict[str, dict[int, float]] = {}
+    media: dict[str, dict[int, list[str]]] = {}
+    for r in records:  # SwanLab's own system metrics (CPU, memory) are __swanlab__.*
+        if r.WhichOneof("record_type") == "scalar" and not r.scalar.key.startswith("__swanlab__"):
+            scalars_.setdefault(r.scalar.key, {})[r.scalar.step] = r.scalar.value.number
+        elif r.WhichOneof("record_type") == "media":
+            files = [i.filename for i in r.media.value.items]
+            media.setdefault(r.media.key, {})[r.media.step] = files
+    want = expected_scalars(out)
+    assert set(scalars_) == set(want)
+    for key, values in want.items():
+        assert scalars_[key] == pytest.approx(values, rel=1e-6), key
+    for kind, steps in grid_steps(out).items():
+        logged = media[f"grids/{kind}"]
+        assert sorted(logged) == steps
+        for step, [name] in logged.items():
+            assert same_pixels(run_dir / "media" / "image" / name,
+                               grid_files(out)[kind, step]), (kind, step)
+    [(step, [name])] = media["eval/geneval_table"].items()
+    assert step == ITERATIONS
+    text = (run_dir / "media" / "text" / name).read_text()
+    for category, rate in expected_table(out).items():
+        assert f"| {category} | {rate:.3f} |" in text
+    import yaml
+
+    config = yaml.safe_load((run_dir / "files" / "config.yaml").read_text())
+    assert config["algorithm.num_branches"]["value"] == 2 and "allow_val_change" not in config
+
+
+# ---------------------------------------------------------------------------- trackio (local)
+
+def test_trackio_gets_metrics_grids_and_table(tiny, tmp_path, monkeypatch):
+    """trackio keeps a project in TRACKIO_DIR/<project>.db (SQLite; the schema is documented
+    by trackio) and media under TRACKIO_DIR/media/."""
+    import sqlite3
+
+    monkeypatch.setenv("TRACKIO_DIR", str(tmp_path / "trackio"))  # read when trackio is imported
+    pytest.importorskip("trackio", reason="trackio not installed (pip install 'tempflow[trackio]'; "
+                                          "it needs pillow<13, see docs/training.md)")
+    from trackio.sqlite_storage import SQLiteStorage
+    from trackio.utils import MEDIA_DIR
+
+    monkeypatch.setenv("TRACKIO_PROJECT", "tempflow-test")
+    for k in ("TRACKIO_SPACE_ID", "TRACKIO_DATASET_ID"):
+        monkeypatch.delenv(k, raising=False)
+    out = tmp_path / "run"
+    train(tiny_config(tiny, out, ["trackio"]))
+    assert not (out / "tb").exists()
+    db = SQLiteStorage.get_project_db_path("tempflow-test")
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT run_name, step, metrics FROM metrics ORDER BY id").fetchall()
+        [(config,)] = conn.execute("SELECT config FROM configs").fetchall()
+    assert {name for name, _, _ in rows} == {"run"}
+    logged: dict[str, dict[int, object]] = {}
+    for _, step, metrics in rows:
+        for k, v in json.loads(metrics).items():
+            assert step not in logged.get(k, {}), (k, step)  # each key once per step
+            logged.setdefault(k, {})[step] = v
+    for key, values in expected_scalars(out).items():
+        assert logged[key] == pytest.approx(values, rel=1e-6), key
+    for kind, steps in grid_steps(out).items():
+        images = logged[f"grids/{kind}"]
+        assert sorted(images) == steps
+        for step, image in images.items():
+            assert image["_type"] == "trackio.image"
+            assert same_pixels(MEDIA_DIR / image["file_path"],
+                               grid_files(out)[kind, step]), (kind, step)
+    [(step, table)] = logged["eval/geneval_table"].items()
+    assert step == ITERATIONS and table["_type"] == "trackio.table"
+    rates = {r["category"]: r["pass_rate"] for r in table["_value"]}
+    assert rates == pytest.approx(expected_table(out))
+    config = json.loads(config)
+    assert config["algorithm.num_branches"] == 2 and "allow_val_change" not in config
 
 
 # ---------------------------------------------------------------------------- resume

@@ -93,7 +93,10 @@ class _Tracker:
         self.tracker = tracker
         tracker.main_process_only = False
         tracker.start()
-        tracker.store_init_configuration(config)
+        self.store_config(config)
+
+    def store_config(self, config: dict) -> None:
+        self.tracker.store_init_configuration(config)
 
     def log(self, values: dict, step: int) -> None:
         self.tracker.log(values, step=step)
@@ -145,22 +148,36 @@ class _MLflow(_Tracker):
 
 
 class _SwanLab(_Tracker):
+    """SwanLab: ``SWANLAB_MODE=offline`` (or ``local``) writes the run to RUN/swanlog/ (unless
+    SWANLAB_LOG_DIR is set) for a later ``swanlab sync``; online needs ``swanlab login``."""
+
     name = "swanlab"
 
     def __init__(self, run_name: str, run_path: Path, config: dict):
         from accelerate.tracking import SwanLabTracker
 
-        super().__init__(SwanLabTracker(os.environ.get("SWANLAB_PROJECT", "tempflow"),
-                                        experiment_name=run_name), config)
+        kwargs = {"experiment_name": run_name}
+        if not (os.environ.get("SWANLAB_LOG_DIR") or os.environ.get("SWANLAB_LOGDIR")):
+            kwargs["logdir"] = str(run_path / "swanlog")
+        super().__init__(SwanLabTracker(os.environ.get("SWANLAB_PROJECT", "tempflow"), **kwargs),
+                         config)
+
+    def store_config(self, config):
+        import swanlab
+
+        # accelerate passes wandb's allow_val_change=True, which SwanLab would store as a key
+        swanlab.config.update(config)
 
     def log_table(self, name, columns, rows, step):
         import swanlab
 
-        if hasattr(swanlab, "Text"):
-            self.tracker.log({name: swanlab.Text(table_markdown(columns, rows))}, step=step)
+        self.tracker.log({name: swanlab.Text(table_markdown(columns, rows))}, step=step)
 
 
 class _Trackio(_Tracker):
+    """trackio: local-first, one SQLite database per project in TRACKIO_DIR (default
+    ~/.cache/huggingface/trackio), shown by ``trackio show``."""
+
     name = "trackio"
 
     def __init__(self, run_name: str, run_path: Path, config: dict):
@@ -169,17 +186,20 @@ class _Trackio(_Tracker):
         super().__init__(TrackioTracker(os.environ.get("TRACKIO_PROJECT", "tempflow"), name=run_name),
                          config)
 
+    def store_config(self, config):
+        import trackio
+
+        trackio.config.update(config)  # without accelerate's allow_val_change=True as a key
+
     def log_image(self, name, path, step):
         import trackio
 
-        if hasattr(trackio, "Image"):
-            self.tracker.log({name: trackio.Image(str(path))}, step=step)
+        self.tracker.log({name: trackio.Image(str(path))}, step=step)
 
     def log_table(self, name, columns, rows, step):
         import trackio
 
-        if hasattr(trackio, "Table"):
-            self.tracker.log({name: trackio.Table(columns=columns, data=rows)}, step=step)
+        self.tracker.log({name: trackio.Table(columns=columns, data=rows)}, step=step)
 
 
 _CLASSES = {c.name: c for c in (_WandB, _MLflow, _SwanLab, _Trackio)}
