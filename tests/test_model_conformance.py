@@ -44,7 +44,7 @@ def _perturb(model, seed=5, scale=0.3):
 
 def _pipeline_latents(spec, pipe, model, noise, steps, callback=None):
     """The diffusers pipeline's own final latents from ``noise``, as [B, *latent_shape]."""
-    out = pipe(PROMPTS[:noise.shape[0]], latents=model.to_pipeline_latents(noise.clone()),
+    out = pipe(prompt=PROMPTS[:noise.shape[0]], latents=model.to_pipeline_latents(noise.clone()),
                num_inference_steps=steps, output_type="latent", height=RESOLUTION,
                width=RESOLUTION, callback_on_step_end=callback, **spec.call_kwargs).images
     return model.from_pipeline_latents(out).float()
@@ -76,7 +76,7 @@ def test_velocity_convention_first_step(built):
     with torch.no_grad():
         v = model.velocity(noise, torch.ones(2), model.encode_prompts(PROMPTS),
                            guidance_scale=spec.guidance_scale)
-    x1 = model.from_pipeline_latents(seen[0]).float()
+    x1 = spec.loop_latents(model, seen[0]).float()
     torch.testing.assert_close(x1, noise + (sig[1] - sig[0]) * v, atol=1e-5, rtol=1e-5)
 
 

@@ -55,6 +55,8 @@ def test_family_of_a_folder_and_of_hub_ids(tmp_path):
     torch.testing.assert_close(model_sigmas(model, 4, 3.0), model.schedule(4))
     assert model_family("black-forest-labs/FLUX.1-dev") == "flux"
     assert model_family("Qwen/Qwen-Image") == "qwenimage"
+    assert model_family("Tongyi-MAI/Z-Image-Turbo") == "zimage"
+    assert model_family("black-forest-labs/FLUX.2-klein-base-4B") == "flux2klein"
     assert model_family("stabilityai/stable-diffusion-3.5-medium") == "sd3"
 
 
@@ -87,3 +89,29 @@ def test_qwenimage_preset():
     assert (cfg.sampling.guidance_scale, cfg.train.ema_every, cfg.algorithm.beta) == (4.0, 0, 0.0)
     sig = family_sigmas("qwenimage", cfg.sampling.steps, cfg.model.resolution)
     assert abs(inv_mean_std(sig, cfg.sampling.noise_level) - 1.533) < 5e-4
+
+
+def test_zimage_preset():
+    from tempflow.config.loading import load_config
+
+    cfg = load_config(CONFIGS / "zimage-turbo-pickscore-tempflow.yaml", [])
+    assert model_family(cfg.model.name) == "zimage" and cfg.sampling.guidance_scale == 1.0
+    sig = family_sigmas("zimage", cfg.sampling.steps, cfg.model.resolution)
+    # a fixed shift 3 over linspace(1, 1 / T, T): no dependence on the resolution
+    torch.testing.assert_close(sig[:-1], 3 * torch.linspace(1, 1 / 8, 8) / (1 + 2 * torch.linspace(1, 1 / 8, 8)))
+    assert abs(inv_mean_std(sig, cfg.sampling.noise_level) - 1.995) < 5e-4
+
+
+def test_flux2klein_preset():
+    from tempflow.config.loading import load_config
+    from tempflow.models.families import empirical_mu
+
+    cfg = load_config(CONFIGS / "flux2klein-base-pickscore-tempflow.yaml", [])
+    assert model_family(cfg.model.name) == "flux2klein" and cfg.sampling.guidance_scale == 4.0
+    mu = empirical_mu((cfg.model.resolution // 16) ** 2, cfg.sampling.steps)
+    assert abs(mu - 1.988) < 5e-4
+    sig = family_sigmas("flux2klein", cfg.sampling.steps, cfg.model.resolution)
+    base = torch.linspace(1, 0.1, 10, dtype=torch.float64)
+    expected = torch.exp(torch.tensor(mu, dtype=torch.float64)) / (torch.exp(torch.tensor(mu, dtype=torch.float64)) + 1 / base - 1)
+    torch.testing.assert_close(sig[:-1], expected.float(), atol=1e-6, rtol=0)
+    assert abs(inv_mean_std(sig, cfg.sampling.noise_level) - 1.512) < 5e-4

@@ -125,6 +125,59 @@ def build_qwenimage(seed: int = 0):
     return _finish(pipe)
 
 
+def build_zimage(seed: int = 0):
+    """ZImagePipeline: single-stream transformer (dim 32, 1 layer + 1 refiner of each kind,
+    2 heads) over latents [16, 8, 8]; Qwen3 text encoder (hidden 16) in a ChatML template."""
+    from diffusers import ZImagePipeline, ZImageTransformer2DModel
+    from transformers import Qwen3Config, Qwen3Model
+
+    torch.manual_seed(seed)
+    transformer = ZImageTransformer2DModel(
+        all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=32, n_layers=1,
+        n_refiner_layers=1, n_heads=2, n_kv_heads=2, norm_eps=1e-5, qk_norm=True, cap_feat_dim=16,
+        rope_theta=256.0, t_scale=1000.0, axes_dims=[8, 4, 4], axes_lens=[256, 32, 32])
+    with torch.no_grad():  # created with torch.empty: fix them (as diffusers' own tests do)
+        transformer.x_pad_token.copy_(torch.ones_like(transformer.x_pad_token))
+        transformer.cap_pad_token.copy_(torch.ones_like(transformer.cap_pad_token))
+    tok = qwen_tokenizer(chat_template=True)
+    text_encoder = Qwen3Model(Qwen3Config(
+        hidden_size=16, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=2, vocab_size=len(tok), max_position_embeddings=512,
+        bos_token_id=256, eos_token_id=258, pad_token_id=256))
+    pipe = ZImagePipeline(scheduler=_scheduler("zimage"), vae=_kl_vae(16, scaling_factor=0.3611, shift_factor=0.1159),
+                          text_encoder=text_encoder, tokenizer=tok, transformer=transformer)
+    return _finish(pipe)
+
+
+def build_flux2klein(seed: int = 0):
+    """Flux2KleinPipeline: transformer 1 double + 1 single block, 2 heads x 16 over the
+    patchified latent grid [16, 4, 4] (VAE latents [4, 8, 8], random batch-norm statistics);
+    Qwen3 text encoder (hidden 16, layers 1 and 2 concatenated -> 32)."""
+    from diffusers import AutoencoderKLFlux2, Flux2KleinPipeline, Flux2Transformer2DModel
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(seed)
+    transformer = Flux2Transformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=32, timestep_guidance_channels=256,
+        axes_dims_rope=[4, 4, 4, 4], guidance_embeds=False)
+    vae = AutoencoderKLFlux2(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                             up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 8),
+                             layers_per_block=1, latent_channels=4, norm_num_groups=4, sample_size=RESOLUTION,
+                             use_quant_conv=False, use_post_quant_conv=False)
+    with torch.no_grad():
+        vae.bn.running_mean.copy_(0.3 * torch.randn_like(vae.bn.running_mean))
+        vae.bn.running_var.copy_(0.5 + torch.rand_like(vae.bn.running_var))
+    tok = qwen_tokenizer(chat_template=True)
+    text_encoder = Qwen3ForCausalLM(Qwen3Config(
+        hidden_size=16, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=2, vocab_size=len(tok), max_position_embeddings=512,
+        bos_token_id=256, eos_token_id=258, pad_token_id=256))
+    pipe = Flux2KleinPipeline(scheduler=_scheduler("flux2klein"), vae=vae, text_encoder=text_encoder,
+                              tokenizer=tok, transformer=transformer)
+    return _finish(pipe)
+
+
 @dataclass(frozen=True)
 class Tiny:
     """How to build one family's tiny pipeline and wrap it.
@@ -132,7 +185,8 @@ class Tiny:
     build(seed) -> pipeline; adapter(pipe, lora) -> FlowModel; call_kwargs: what the pipeline's
     __call__ needs to sample as the adapter does at the family's default guidance
     ``guidance_scale`` (the project's CFG scale; None = off); lora_targets: the adapter's
-    default LoRA target modules.
+    default LoRA target modules; step_latents(model, latents): the pipeline's latents inside its
+    loop (what a step callback sees) -> [B, *latent_shape] (default: from_pipeline_latents).
     """
 
     build: Callable
@@ -140,6 +194,17 @@ class Tiny:
     guidance_scale: float | None
     call_kwargs: dict = field(default_factory=dict)
     lora_targets: tuple[str, ...] = ()
+    step_latents: Callable | None = None
+
+    def loop_latents(self, model, latents):
+        """Latents seen by a step callback -> [B, *latent_shape]."""
+        return (self.step_latents or (lambda m, x: m.from_pipeline_latents(x)))(model, latents)
+
+
+def _tokens_to_grid(model, x):
+    """FLUX.2's packed loop latents [B, h * w, C] -> [B, C, h, w]."""
+    side = model.latent_side
+    return x.permute(0, 2, 1).reshape(x.shape[0], -1, side, side)
 
 
 def _sd3_adapter(pipe, lora=None):
@@ -160,11 +225,26 @@ def _qwenimage_adapter(pipe, lora=None):
     return QwenImageModel(pipe, resolution=RESOLUTION, lora=lora, max_sequence_length=QWEN_LEN)
 
 
+def _zimage_adapter(pipe, lora=None):
+    from tempflow.models.zimage import ZImageModel
+
+    return ZImageModel(pipe, resolution=RESOLUTION, lora=lora, max_sequence_length=QWEN_LEN)
+
+
+def _flux2klein_adapter(pipe, lora=None):
+    from tempflow.models.flux2klein import Flux2KleinModel
+
+    return Flux2KleinModel(pipe, resolution=RESOLUTION, lora=lora, max_sequence_length=QWEN_LEN,
+                           text_encoder_out_layers=(1, 2))
+
+
 def _targets(name: str) -> tuple[str, ...]:
-    from tempflow.models import flux, lora, qwenimage
+    from tempflow.models import flux, flux2klein, lora, qwenimage, zimage
 
     return {"sd3": lora.SD3_ATTENTION_TARGETS, "flux": flux.FLUX_ATTENTION_TARGETS,
-            "qwenimage": qwenimage.QWENIMAGE_ATTENTION_TARGETS}[name]
+            "qwenimage": qwenimage.QWENIMAGE_ATTENTION_TARGETS,
+            "zimage": zimage.ZIMAGE_ATTENTION_TARGETS,
+            "flux2klein": flux2klein.FLUX2_ATTENTION_TARGETS}[name]
 
 
 TINY: dict[str, Tiny] = {
@@ -175,4 +255,10 @@ TINY: dict[str, Tiny] = {
     "qwenimage": Tiny(build_qwenimage, _qwenimage_adapter, 4.0,
                       {"true_cfg_scale": 4.0, "negative_prompt": " ", "max_sequence_length": QWEN_LEN},
                       _targets("qwenimage")),
+    # the pipeline's guidance_scale 5 (v_c + 5 (v_c - v_u)) is CFG scale 6 here
+    "zimage": Tiny(build_zimage, _zimage_adapter, 6.0,
+                   {"guidance_scale": 5.0, "max_sequence_length": QWEN_LEN}, _targets("zimage")),
+    "flux2klein": Tiny(build_flux2klein, _flux2klein_adapter, 4.0,
+                       {"guidance_scale": 4.0, "max_sequence_length": QWEN_LEN,
+                        "text_encoder_out_layers": (1, 2)}, _targets("flux2klein"), _tokens_to_grid),
 }

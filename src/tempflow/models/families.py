@@ -23,7 +23,8 @@ from tempflow.errors import UserError
 class Family:
     """One model family: its name in configs and docs, the diffusers pipeline class it wraps, the
     adapter (``module:Class`` under tempflow.models), the VAE's pixels per latent cell and the
-    transformer's patch (so one image token covers ``vae_factor * patch`` pixels)."""
+    2x2 patch (transformer patch or FLUX.2's VAE patchify) so one image token covers
+    ``vae_factor * patch`` pixels."""
 
     name: str
     pipeline: str
@@ -37,7 +38,7 @@ FAMILIES: dict[str, Family] = {f.pipeline: f for f in (
     Family("flux", "FluxPipeline", "flux:FluxModel", 8, 2),
     Family("qwenimage", "QwenImagePipeline", "qwenimage:QwenImageModel", 8, 2),
     Family("zimage", "ZImagePipeline", "zimage:ZImageModel", 8, 2),
-    Family("flux2klein", "Flux2KleinPipeline", "flux2klein:Flux2KleinModel", 16, 1),
+    Family("flux2klein", "Flux2KleinPipeline", "flux2klein:Flux2KleinModel", 8, 2),
 )}
 BY_NAME: dict[str, Family] = {f.name: f for f in FAMILIES.values()}
 
