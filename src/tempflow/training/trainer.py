@@ -47,7 +47,7 @@ class Trainer:
                                       weight_decay=cfg.train.weight_decay)
         self.optimizer = self.engine.prepare(self.model, optimizer)
         params = self.model.trainable_parameters()  # after prepare: the engine's (maybe sharded) ones
-        self.ema = EMA(params, cfg.train.ema_decay, cfg.train.ema_every)
+        self.ema = EMA(params, cfg.train.ema_decay, cfg.train.ema_every, cfg.train.ema_warmup)
         self.reward = reward_from_config(cfg.reward)
         self.scorer = RewardScorer(self.model, self.reward, cfg.reward.name, cfg.reward.score_chunks,
                                    cfg.reward.async_scoring, cfg.reward.device)
