@@ -72,7 +72,7 @@ def test_sd35m_presets_follow_the_paper():
                                        "algorithm.kl_std", "run.out"]
 
 
-@pytest.mark.parametrize("name", ["ddp", "fsdp", "deepspeed-zero2"])
+@pytest.mark.parametrize("name", ["ddp", "fsdp", "deepspeed-zero2", "deepspeed-zero3"])
 def test_accelerate_configs_parse(name):
     from accelerate.commands.config.config_args import ClusterConfig
     from accelerate.commands.launch import launch_command_parser
@@ -86,8 +86,9 @@ def test_accelerate_configs_parse(name):
         assert f"--{key}" in options, key
     if name == "fsdp":
         assert raw["fsdp_config"]["fsdp_transformer_layer_cls_to_wrap"] == "JointTransformerBlock"
-    if name == "deepspeed-zero2":
-        assert raw["deepspeed_config"]["zero_stage"] == 2
+        assert raw["fsdp_config"]["fsdp_version"] == 2  # the trainer refuses FSDP1
+    if name.startswith("deepspeed"):
+        assert raw["deepspeed_config"]["zero_stage"] == int(name[-1])
 
 
 # ---------------------------------------------------------------------------- overrides

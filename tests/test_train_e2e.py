@@ -88,7 +88,7 @@ def test_two_processes_equal_one(tmp_path, tiny_shapes_checkpoint, branching):
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     a, b = torch.load(one), torch.load(two)
-    assert a["world"] == 1 and b["world"] == 2
+    assert a["world"] == 1 and b["world"] == 2 and b["engine"] == "ddp"
     # equal up to float error: batch composition differs between the layouts, and matmuls
     # round differently for different batch sizes (about 1e-5 here)
     torch.testing.assert_close(a["rewards"], b["rewards"], atol=1e-4, rtol=1e-4)

@@ -11,6 +11,7 @@ setting; algorithm.md gives the meaning of each constant.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -203,6 +204,9 @@ class OptimConfig(_Section):
     """Passes over each iteration's samples."""
     minibatches: int = 1
     """Optimizer steps per pass (the rows are split into this many minibatches)."""
+    grad_accumulation: int = 1
+    """Backward passes per minibatch (its rows in this many micro-batches, gradients synchronised
+    after the last: less activation memory, the same update up to float rounding)."""
     lr: float = 1e-3
     """AdamW learning rate."""
     weight_decay: float = 1e-4
@@ -221,7 +225,7 @@ class OptimConfig(_Section):
     """Stop with an error after this many iterations in a row with a non-finite model output, loss or gradient."""
 
     def _check(self) -> None:
-        for name in ("iterations", "prompts_per_iteration", "inner_epochs", "minibatches"):
+        for name in ("iterations", "prompts_per_iteration", "inner_epochs", "minibatches", "grad_accumulation"):
             self._need(name, getattr(self, name) >= 1, ">= 1", "it counts rounds of work")
         self._need("lr", self.lr > 0, "> 0", "the optimizer needs a step size (e.g. 3e-4)")
         self._need("weight_decay", self.weight_decay >= 0, ">= 0", "0 disables weight decay")
@@ -272,6 +276,9 @@ class RewardConfig(_Section):
     worker thread while the next one samples (1: score after sampling everything)."""
     async_scoring: bool = True
     """Score chunks in a worker thread (false: in the main thread, for debugging)."""
+    device: str | None = None
+    """Where reward models run: null (each process scores its own images on its own device) or a
+    torch device such as 'cpu' or 'cuda:7' (images are moved there before scoring)."""
 
     def _check(self) -> None:
         self._need("name", bool(self.name.strip()), "a reward name", "say which reward to optimise")
@@ -288,6 +295,8 @@ class RewardConfig(_Section):
         self._need("max_failed_iterations", self.max_failed_iterations >= 1, ">= 1",
                    "it counts iterations in a row whose rewards all failed")
         self._need("score_chunks", self.score_chunks >= 1, ">= 1", "1 scores everything at once")
+        self._need("device", self.device is None or bool(re.fullmatch(r"cpu|(cuda|xpu|npu)(:\d+)?|mps", self.device)),
+                   "null, 'cpu' or 'cuda:<index>'", "null scores on each process's own device")
 
 
 @dataclass(frozen=True)

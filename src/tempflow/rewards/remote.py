@@ -118,18 +118,28 @@ class Waits:
         return wait
 
 
+def _score_url(url: str) -> str:
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        raise UserError(f"reward.kwargs.url must start with http:// (got {url!r}), e.g. "
+                        f"http://127.0.0.1:18085 (or a list of such urls)")
+    return url.rstrip("/") + "/score" if not url.rstrip("/").endswith("/score") else url
+
+
 class RemoteReward:
     """reward(images, prompts[, metadata]) -> float32 [B], scored by the server at ``url``.
 
+    ``url`` may be a list of servers: the batches of ``batch_size`` images are spread over them
+    round-robin and sent at the same time, each process starting at its own server (its rank
+    modulo the number of servers), so N training processes share M servers evenly.
     ``token_env`` names an environment variable holding the server's token (sent as
     ``Authorization: Bearer``), so the secret never enters a run's config. ``max_wait``:
     seconds to wait in all for a busy or loading server (503 with Retry-After)."""
 
-    def __init__(self, url: str, timeout: float = 60.0, retries: int = 3, backoff: float = 1.0,
+    def __init__(self, url: str | Sequence[str], timeout: float = 60.0, retries: int = 3, backoff: float = 1.0,
                  batch_size: int = 64, token_env: str | None = None, max_wait: float = 600.0):
-        if not url.startswith(("http://", "https://")):
-            raise UserError(f"reward.kwargs.url must start with http:// (got {url!r}), e.g. "
-                            f"http://127.0.0.1:18085")
+        self.urls = [_score_url(u) for u in ([url] if isinstance(url, str) else list(url))]
+        if not self.urls:
+            raise UserError("reward.kwargs.url is an empty list; give at least one server url")
         for name, value, ok in (("timeout", timeout, timeout > 0), ("retries", retries, retries >= 0),
                                 ("backoff", backoff, backoff >= 0), ("batch_size", batch_size, batch_size >= 1),
                                 ("max_wait", max_wait, max_wait >= 0)):
@@ -143,16 +153,17 @@ class RemoteReward:
                 raise UserError(f"reward.kwargs.token_env names the environment variable {token_env!r}, "
                                 f"which is not set: export it with the reward server's token")
             self.headers["Authorization"] = f"Bearer {token}"
-        self.url = url.rstrip("/") + "/score" if not url.rstrip("/").endswith("/score") else url
+        self.url = self.urls[0]
+        self.first = int(os.environ.get("RANK", "0") or 0) % len(self.urls)  # this process's first server
         self.timeout, self.retries, self.backoff, self.batch_size = timeout, retries, backoff, batch_size
         self.max_wait = max_wait
 
-    def _post(self, body: dict) -> dict:
+    def _post(self, body: dict, url: str | None = None) -> dict:
         """POST; wait out a busy server, retry other transient failures (module docstring)."""
-        waits = Waits(self.retries, self.backoff, self.max_wait)
+        waits, url = Waits(self.retries, self.backoff, self.max_wait), url or self.url
         while True:
             try:
-                return post_json(self.url, body, self.timeout, self.headers)
+                return post_json(url, body, self.timeout, self.headers)
             except _Retry as e:
                 last = e
             wait = waits.next(last)
@@ -161,33 +172,42 @@ class RemoteReward:
             time.sleep(wait)
         waited = waits.waited
         if last.retry_after is not None:
-            raise UserError(f"reward server {self.url} stayed busy or loading for {waited:.0f} s (last: "
+            raise UserError(f"reward server {url} stayed busy or loading for {waited:.0f} s (last: "
                             f"{last}); check GET /health on it, or raise reward.kwargs.max_wait")
         if last.http:
-            raise UserError(f"reward server {self.url} failed {self.retries + 1} times (last: {last}); "
+            raise UserError(f"reward server {url} failed {self.retries + 1} times (last: {last}); "
                             f"check GET /health on it, or raise reward.kwargs.retries")
-        raise UserError(f"reward server {self.url} failed {self.retries + 1} times (last: {last}); start "
+        raise UserError(f"reward server {url} failed {self.retries + 1} times (last: {last}); start "
                         f"it with `tempflow serve-reward --reward NAME --port P`, or fix "
                         f"reward.kwargs.url / raise reward.kwargs.timeout ({self.timeout:g} s)")
 
     def __call__(self, images: Tensor, prompts: Sequence[str],
                  metadata: Sequence[dict] | None = None) -> Tensor:
-        out = []
-        for i in range(0, images.shape[0], self.batch_size):
+        starts = list(range(0, images.shape[0], self.batch_size))
+
+        def one(k: int) -> Tensor:
+            i, url = starts[k], self.urls[(self.first + k) % len(self.urls)]
             meta = None if metadata is None else metadata[i:i + self.batch_size]
             chunk = images[i:i + self.batch_size]
-            answer = self._post(encode_request(chunk, prompts[i:i + self.batch_size], meta))
+            answer = self._post(encode_request(chunk, prompts[i:i + self.batch_size], meta), url)
             try:
-                out.append(decode_scores(answer.get("scores") if isinstance(answer, dict) else None,
-                                         chunk.shape[0]))
+                return decode_scores(answer.get("scores") if isinstance(answer, dict) else None, chunk.shape[0])
             except WireError as e:
-                raise UserError(f"reward server {self.url} sent a bad answer ({e}); it must return "
+                raise UserError(f"reward server {url} sent a bad answer ({e}); it must return "
                                 f"{{\"scores\": [one number or null per image]}}") from None
+
+        if len(self.urls) == 1 or len(starts) <= 1:
+            out = [one(k) for k in range(len(starts))]
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+            with ThreadPoolExecutor(min(len(self.urls), len(starts))) as pool:
+                out = list(pool.map(one, range(len(starts))))
         return torch.cat(out) if out else torch.zeros(0)
 
 
 @register("remote")
-def remote(url: str, timeout: float = 60.0, retries: int = 3, backoff: float = 1.0,
+def remote(url: str | list[str], timeout: float = 60.0, retries: int = 3, backoff: float = 1.0,
            batch_size: int = 64, token_env: str | None = None, max_wait: float = 600.0) -> Reward:
-    """Score through a reward server at ``url`` (see docs/rewards.md for the wire format)."""
+    """Score through a reward server at ``url``, or spread over a list of servers (see
+    docs/rewards.md for the wire format)."""
     return RemoteReward(url, timeout, retries, backoff, batch_size, token_env, max_wait)

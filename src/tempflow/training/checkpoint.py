@@ -131,20 +131,31 @@ def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
 
 # ---------------------------------------------------------------------------- save
 
-def save_checkpoint(root: Path, iteration: int, tensors: dict[str, torch.Tensor], state: dict,
-                    meta: dict, keep: int) -> Path:
+def temp_folder(root: Path, iteration: int, pid: int | None = None) -> Path:
+    """The hidden folder checkpoint ``iteration`` is written into before its rename."""
+    return root / f".tmp-{folder_name(iteration)}-{pid or os.getpid()}"
+
+
+def save_checkpoint(root: Path, iteration: int, tensors: dict[str, torch.Tensor] | None, state: dict,
+                    meta: dict, keep: int, written: list[str] | None = None) -> Path:
     """Write checkpoint ``iteration`` atomically into ``root`` and keep the newest ``keep``.
 
-    tensors: name -> tensor (safetensors); state: picklable with ``weights_only`` (torch.save);
-    meta: JSON-able, extended with the format, iteration and file digests. Returns the folder.
+    tensors: name -> tensor (safetensors; None: no weights file); state: picklable with
+    ``weights_only`` (torch.save); meta: JSON-able, extended with the format, iteration and file
+    digests. ``written``: files (relative paths) that other processes already wrote and fsynced
+    into :func:`temp_folder` (sharded weights); they are digested with the others. Returns the folder.
     """
     root.mkdir(parents=True, exist_ok=True)
     final = root / folder_name(iteration)
-    tmp = root / f".tmp-{final.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / WEIGHTS))
-    fsync_path(tmp / WEIGHTS)
+    tmp = temp_folder(root, iteration)
+    if written is None:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    names = [*(written or [])]
+    if tensors is not None:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / WEIGHTS))
+        fsync_path(tmp / WEIGHTS)
+        names.append(WEIGHTS)
     _fault("weights", iteration)
     with open(tmp / STATE, "wb") as f:
         torch.save(state, f)
@@ -155,7 +166,7 @@ def save_checkpoint(root: Path, iteration: int, tensors: dict[str, torch.Tensor]
         f.flush()
         os.fsync(f.fileno())
     meta = {**meta, "format": FORMAT, "iteration": iteration,
-            "sha256": {WEIGHTS: sha256(tmp / WEIGHTS), STATE: sha256(tmp / STATE)}}
+            "sha256": {name: sha256(tmp / name) for name in [*names, STATE]}}
     with open(tmp / META, "w") as f:
         json.dump(meta, f, indent=1)
         f.flush()
@@ -194,7 +205,11 @@ def verify(path: Path) -> Checkpoint:
         raise DamagedCheckpoint(f"{META} is unreadable ({e})") from None
     if meta.get("format") != FORMAT:
         raise DamagedCheckpoint(f"format {meta.get('format')!r} is not {FORMAT}")
-    for name in (WEIGHTS, STATE):
+    if not isinstance(digests, dict) or STATE not in digests:
+        raise DamagedCheckpoint(f"{META} lists no {STATE}")
+    for name in digests:
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise DamagedCheckpoint(f"{META} names a file outside the checkpoint ({name!r})")
         if not (path / name).is_file():
             raise DamagedCheckpoint(f"{name} is missing")
         if sha256(path / name) != digests.get(name):
@@ -227,7 +242,7 @@ def latest_checkpoint(root: Path, report: bool = True) -> Checkpoint | None:
 def load_checkpoint(ckpt: Checkpoint) -> tuple[dict[str, torch.Tensor], dict]:
     """(tensors, state) of a verified checkpoint; UserError if the files cannot be read."""
     try:
-        tensors = load_file(str(ckpt.path / WEIGHTS))
+        tensors = load_file(str(ckpt.path / WEIGHTS)) if WEIGHTS in ckpt.meta["sha256"] else {}
         state = torch.load(ckpt.path / STATE, map_location="cpu", weights_only=True)
     except Exception as e:  # safetensors / torch raise their own types for bad files
         raise UserError(f"checkpoint {ckpt.path} cannot be read ({e}); delete that folder to "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from torch import Tensor
 
 
@@ -16,12 +18,14 @@ class Dist:
         if accelerator is None:
             import torch
             from accelerate import Accelerator
-            # without a GPU, processes started by `accelerate launch` meet over gloo (MULTI_CPU)
+            # without a GPU, processes started by `accelerate launch` meet over gloo (MULTI_CPU;
+            # the FSDP2 engine is set on top of it, training/engine.py)
             accelerator = Accelerator(cpu=not torch.cuda.is_available())
         self.acc = accelerator
         self.rank = accelerator.process_index
         self.world = accelerator.num_processes
         self.device = accelerator.device
+        self.collective_s = 0.0  # seconds spent in sum / gather (the figures in docs/distributed.md)
 
     @property
     def is_main(self) -> bool:
@@ -31,13 +35,19 @@ class Dist:
         """Elementwise sum over processes."""
         if self.world == 1:
             return t
-        return self.acc.reduce(t.to(self.device).clone(), reduction="sum").to(t.device)
+        t0 = time.perf_counter()
+        out = self.acc.reduce(t.to(self.device).clone(), reduction="sum").to(t.device)
+        self.collective_s += time.perf_counter() - t0
+        return out
 
     def gather(self, t: Tensor) -> Tensor:
         """Concatenate along dim 0 in process order (same shape on every process)."""
         if self.world == 1:
             return t
-        return self.acc.gather(t.to(self.device).contiguous()).to(t.device)
+        t0 = time.perf_counter()
+        out = self.acc.gather(t.to(self.device).contiguous()).to(t.device)
+        self.collective_s += time.perf_counter() - t0
+        return out
 
     def barrier(self) -> None:
         if self.world > 1:

@@ -3,6 +3,8 @@ checkpoints, resume, stop signals and the long-run health guards."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import threading
 import time
@@ -13,6 +15,7 @@ from tqdm.auto import tqdm
 from tempflow.config import TrainConfig
 from tempflow.errors import UserError
 from tempflow.training import checkpoint as ckpt_io
+from tempflow.training import sharded
 from tempflow.training.distributed import Dist
 from tempflow.training.resume import config_record, find_resume_checkpoint, set_aside_later
 from tempflow.training.run_dir import RunDir, check_new_run, ensure_writable
@@ -35,12 +38,15 @@ def grid_prompts(categories: list[str], n: int = EVAL_GRID_PROMPTS) -> list[int]
     return out[:n]
 
 
+
+
 @torch.no_grad()
-def evaluate(trainer: Trainer, it: int, run: RunDir) -> dict:
+def evaluate(trainer: Trainer, it: int, run: RunDir, write: bool = True) -> dict:
     """Held-out evaluation with the EMA weights: deterministic ODE sampling.
 
     Shapes prompt lists get the verifier's GenEval-style pass rate per category; any prompt
-    list gets the configured reward's mean. Writes a grid of the first evaluation prompts.
+    list gets the configured reward's mean. Writes a grid of the first evaluation prompts
+    (``write``; with sharded weights every process samples, the main one writes).
     """
     from tempflow.evaluation import evaluate_prompts
     from tempflow.utils.images import save_grid
@@ -53,6 +59,8 @@ def evaluate(trainer: Trainer, it: int, run: RunDir) -> dict:
                                steps=cfg.sampling.eval_steps, shift=cfg.sampling.shift,
                                guidance_scale=cfg.sampling.guidance_scale, seed=cfg.train.seed)
     record = {"iteration": it, **res.summary(), "time/eval": time.perf_counter() - t0}
+    if not write:
+        return record
     if res.passed is not None:
         record.update(_paired_with_first(res, it, run))
     per = cfg.run.eval_images_per_prompt
@@ -104,33 +112,44 @@ def save(trainer: Trainer, run: RunDir, dist: Dist, done: int, streak: int):
     """Full-state checkpoint after ``done`` iterations (and the LoRA export, EMA weights).
     Every process contributes its random generator states; the main one writes."""
     cfg = trainer.cfg
-    sd = trainer.state_dict()
     rngs = _gather_objects(dist, ckpt_io.rng_state())
+    root, written = run.path / ckpt_io.FOLDER, None
+    if trainer.engine.sharded:  # every process writes its shards into the main one's temp folder
+        tmp = ckpt_io.temp_folder(root, done, _gather_objects(dist, os.getpid())[0])
+        if dist.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        dist.barrier()
+        written = sharded.save(trainer, tmp / sharded.SHARDS)
+        sd = {"ema_steps": trainer.ema.steps, "reward_failure_streak": trainer.failures.streak}
+    else:
+        sd = trainer.state_dict()
+    lora = sharded.full_trainable(trainer) if trainer.engine.sharded and cfg.model.lora is not None else None
     path = None
     if dist.is_main:
-        tensors = {**{f"params.{k}": v for k, v in sd["params"].items()},
-                   **{f"ema.{k}": v for k, v in sd["ema"].items()}}
-        state = {"optimizer": sd["optimizer"], "ema_steps": sd["ema_steps"], "rng": rngs,
+        tensors = None if written is not None else {**{f"params.{k}": v for k, v in sd["params"].items()},
+                                                    **{f"ema.{k}": v for k, v in sd["ema"].items()}}
+        state = {"optimizer": sd.get("optimizer", {}), "ema_steps": sd["ema_steps"], "rng": rngs,
                  "nonfinite_streak": streak, "reward_failure_streak": sd["reward_failure_streak"]}
-        meta = {"metrics_bytes": run.metrics_bytes(), "world": dist.world, **config_record(cfg)}
-        path = ckpt_io.save_checkpoint(run.path / ckpt_io.FOLDER, done, tensors, state, meta,
-                                       cfg.run.keep_checkpoints)
+        meta = {"metrics_bytes": run.metrics_bytes(), "world": dist.world, "engine": trainer.engine.name,
+                **config_record(cfg)}
+        path = ckpt_io.save_checkpoint(root, done, tensors, state, meta, cfg.run.keep_checkpoints, written)
         if cfg.model.lora is not None:
-            _export_lora(trainer, run)
+            _export_lora(trainer, run, lora)
     dist.barrier()
     return path
 
 
-def _export_lora(trainer: Trainer, run: RunDir) -> None:
+def _export_lora(trainer: Trainer, run: RunDir, full: dict | None = None) -> None:
     """lora/ (EMA weights, diffusers format): each file written aside, then renamed over the
-    old one (atomic); other files in lora/ stay."""
-    import os
-    import shutil
-
+    old one (atomic); other files in lora/ stay. ``full``: the gathered weights of a sharded run."""
     tmp, final = run.path / ".lora-tmp", run.path / "lora"
     shutil.rmtree(tmp, ignore_errors=True)
-    with trainer.ema.applied():
-        trainer.model.save_lora(tmp)
+    if full is not None:
+        trainer.engine.lora_template.write(full, tmp)
+    else:
+        with trainer.ema.applied():
+            trainer.model.save_lora(tmp)
     final.mkdir(exist_ok=True)
     for f in tmp.iterdir():
         os.replace(f, final / f.name)
@@ -141,11 +160,29 @@ def restore(trainer: Trainer, run: RunDir, dist: Dist, found: ckpt_io.Checkpoint
     """Load checkpoint ``found`` (see :func:`find_resume_checkpoint`) into the trainer and cut
     the run's logs back to it: (iterations done, non-finite streak, its folder)."""
     tensors, state = ckpt_io.load_checkpoint(found)
+    engine = found.meta.get("engine", "single" if found.meta.get("world", 1) == 1 else "ddp")
+    if "deepspeed" in (engine, trainer.engine.name):
+        raise UserError(f"checkpoint {found.path}: runs under DeepSpeed cannot be resumed (its partitioned "
+                        f"optimizer state is not saved); use DDP or FSDP2 for runs that must resume, "
+                        f"or start a new run from the exported lora/")
+    if trainer.engine.sharded or engine in ("fsdp",):
+        if engine != trainer.engine.name or found.meta.get("world") != dist.world:
+            raise UserError(f"checkpoint {found.path} holds weights sharded over {found.meta.get('world')} "
+                            f"processes by engine {engine}, and this run has {dist.world} under "
+                            f"{trainer.engine.name}; resume with the launch config it was written with")
+        sharded.load(trainer, found.path / sharded.SHARDS)
+        trainer.ema.steps = int(state["ema_steps"])
+        trainer.failures.streak = int(state.get("reward_failure_streak", 0))
+        return _restored(trainer, run, dist, found, state)
     sd = {"params": {k[7:]: v for k, v in tensors.items() if k.startswith("params.")},
           "ema": {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")},
           "ema_steps": state["ema_steps"], "optimizer": state["optimizer"],
           "reward_failure_streak": state.get("reward_failure_streak", 0)}
     trainer.load_state_dict(sd, source=f"checkpoint {found.path}")
+    return _restored(trainer, run, dist, found, state)
+
+
+def _restored(trainer: Trainer, run: RunDir, dist: Dist, found, state: dict) -> tuple[int, int, object]:
     rngs = state["rng"]
     if len(rngs) != dist.world and dist.is_main:
         ckpt_io.warn(f"checkpoint {found.path} was written by {len(rngs)} processes and this run has "
@@ -231,6 +268,7 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = False,
             record["time/iteration"] = time.perf_counter() - t0
             record["sys/peak_rss_mb"] = peak_rss_mb()
             record["sys/rss_mb"] = rss_mb()
+            record.update(trainer.engine.memory_record())  # every process's peak
             run.log(record)
             bar.set_postfix(reward=f"{record['reward/mean']:.3f}", kl=f"{record.get('train/kl', 0.0):.2e}",
                             s_it=f"{record['time/iteration']:.1f}")
@@ -257,8 +295,10 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = False,
 
 
 def _maybe_eval(trainer: Trainer, run: RunDir, dist: Dist, it: int) -> None:
+    if trainer.engine.sharded:  # the forwards gather shards: every process samples
+        record = evaluate(trainer, it, run, write=dist.is_main)
     if dist.is_main:
-        run.log(evaluate(trainer, it, run))
+        run.log(record if trainer.engine.sharded else evaluate(trainer, it, run))
         run.plot_rewards()
     dist.barrier()
 

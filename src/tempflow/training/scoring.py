@@ -62,17 +62,19 @@ def reward_parts(reward: Reward, label: str) -> tuple[dict[str, Reward], dict[st
 
 
 def decode_and_score(model, parts: Mapping[str, Reward], finals: Tensor, prompts: list[str],
-                     metadata: list[dict] | None = None) -> ChunkScores:
+                     metadata: list[dict] | None = None, device: str | None = None) -> ChunkScores:
     """Decode latents [n, ...] to images and score them with every component (no_grad); the
-    prompts' metadata (n dicts, e.g. GenEval's) goes to the rewards that take it."""
+    prompts' metadata (n dicts, e.g. GenEval's) goes to the rewards that take it. ``device``:
+    where the rewards run (the images are moved there; None: where they were decoded)."""
     t0 = time.perf_counter()
     with torch.no_grad():
         images = torch.cat([model.decode_images(c) for c in finals.split(256)])
     t1 = time.perf_counter()
+    scored_images = images if device is None else images.to(device)
     comps, errors = {}, []
     with torch.no_grad():
         for label, reward in parts.items():
-            scored = score_or_nan(reward, images, prompts, metadata)
+            scored = score_or_nan(reward, scored_images, prompts, metadata)
             comps[label] = scored.values
             errors += [f"{label}: {e}" for e in scored.errors]
     return ChunkScores(images, prompts, comps, errors, t1 - t0, time.perf_counter() - t1)
@@ -81,18 +83,20 @@ def decode_and_score(model, parts: Mapping[str, Reward], finals: Tensor, prompts
 class RewardScorer:
     """Decodes and scores chunks, in one worker thread (``use_thread``) or inline."""
 
-    def __init__(self, model, reward: Reward, label: str, chunks: int = 1, use_thread: bool = True):
-        self.model, self.chunks = model, chunks
+    def __init__(self, model, reward: Reward, label: str, chunks: int = 1, use_thread: bool = True,
+                 device: str | None = None):
+        self.model, self.chunks, self.device = model, chunks, device
         self.parts, self.weights = reward_parts(reward, label)
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="tempflow-reward") if use_thread else None
 
     def submit(self, finals: Tensor, prompts: list[str], metadata: list[dict] | None = None) -> Future:
         """Start decoding + scoring one chunk; the Future's result is a :class:`ChunkScores`."""
         if self.pool is not None:
-            return self.pool.submit(decode_and_score, self.model, self.parts, finals, prompts, metadata)
+            return self.pool.submit(decode_and_score, self.model, self.parts, finals, prompts, metadata,
+                                    self.device)
         fut: Future = Future()
         try:
-            fut.set_result(decode_and_score(self.model, self.parts, finals, prompts, metadata))
+            fut.set_result(decode_and_score(self.model, self.parts, finals, prompts, metadata, self.device))
         except Exception as e:  # re-raised by .result(), as from the thread
             fut.set_exception(e)
         return fut

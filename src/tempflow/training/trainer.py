@@ -87,7 +87,7 @@ class Trainer:
 
     def iteration(self, it: int) -> dict:
         cfg, a, times = self.cfg, self.cfg.algorithm, defaultdict(float)
-        counters0 = dict(self.model.counters)
+        counters0, collective0 = dict(self.model.counters), self.dist.collective_s
         # 1. sample: this process's share of the iteration's prompts, in reward.score_chunks chunks
         positions = list(range(cfg.train.prompts_per_iteration))[self.dist.rank::self.dist.world]
         ids = self.train_set.draw(cfg.train.prompts_per_iteration, cfg.train.seed, it, cfg.prompts.balance)
@@ -153,7 +153,8 @@ class Trainer:
                   "frac_reward_zero_std": adv.frac_zero_std, "reward/failed": adv.num_failed,
                   **component_means(all_c),
                   "rollout/nonfinite": nonfinite,
-                  **train_stats, **{f"count/{k}": v for k, v in counters.items()}, **times}
+                  **train_stats, **{f"count/{k}": v for k, v in counters.items()}, **times,
+                  "time/collectives": self.dist.collective_s - collective0}
         if a.branching:
             per_step = adv.advantages.view(-1, len(points), a.num_branches).std(dim=(0, 2))
             record.update({f"adv_std/step{j}": float(v) for j, v in zip(points, per_step)})
@@ -253,7 +254,8 @@ class Trainer:
         params = self._named_trainable()
         return {"params": {n: p.detach().clone() for n, p in params.items()},
                 "ema": {n: s.clone() for n, s in zip(params, self.ema.shadow)},
-                "ema_steps": self.ema.steps, "optimizer": self.optimizer.state_dict(),
+                "ema_steps": self.ema.steps,  # DeepSpeed's partitioned state is not saved (no resume)
+                "optimizer": self.optimizer.state_dict() if self.engine.name != "deepspeed" else {},
                 "reward_failure_streak": self.failures.streak}
 
     def load_state_dict(self, sd: dict, source: str = "checkpoint") -> None:
