@@ -19,14 +19,7 @@ def noise_aware_weights(sigmas: Tensor, noise_level: float, steps: Sequence[int]
     1 / mean(s) = 2.252 and w = [1.577, 1.673, 1.208, 1.004, 0.882, 0.795, 0.719, 0.635, 0.508].
     sigmas: [T + 1] schedule; returns float32 [len(steps)].
     """
-    idx = torch.as_tensor(list(steps), dtype=torch.long)
-    if idx.numel() == 0:
-        raise ValueError("steps must not be empty")
-    if int(idx.min()) < 0 or int(idx.max()) >= sigmas.numel() - 1:
-        raise ValueError(f"steps must lie in 0..{sigmas.numel() - 2}, got {list(steps)}")
-    sig = sigmas.float()
-    _, s = sde_std(sig[idx], sig[idx + 1], noise_level)
-    return s / s.mean()
+    return power_weights(sigmas, noise_level, steps, 1.0)
 
 
 def _check_steps(sigmas: Tensor, steps: Sequence[int]) -> Tensor:
