@@ -115,3 +115,28 @@ def test_flux2klein_preset():
     expected = torch.exp(torch.tensor(mu, dtype=torch.float64)) / (torch.exp(torch.tensor(mu, dtype=torch.float64)) + 1 / base - 1)
     torch.testing.assert_close(sig[:-1], expected.float(), atol=1e-6, rtol=0)
     assert abs(inv_mean_std(sig, cfg.sampling.noise_level) - 1.512) < 5e-4
+
+
+def test_trainer_runs_a_flux_folder_and_drops_its_text_encoders(tmp_path):
+    from tempflow.config import config_from_dict
+    from tempflow.training.trainer import Trainer
+
+    folder = tmp_path / "flux"
+    TINY["flux"].build(0).save_pretrained(folder)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red cube\ntwo blue balls\n")
+    cfg = config_from_dict({
+        "model": {"name": str(folder), "resolution": RESOLUTION, "lora": {"rank": 2, "alpha": 2}},
+        "sampling": {"steps": 3, "eval_steps": 3, "guidance_scale": 1.0, "noise_level": 0.9},
+        "algorithm": {"num_branches": 2, "seeds_per_prompt": 1, "branch_points": "all"},
+        "train": {"iterations": 1, "prompts_per_iteration": 2},
+        "reward": {"name": "brightness"},
+        "prompts": {"train": str(prompts), "eval": str(prompts)},
+        "run": {"out": str(tmp_path / "run")}})
+    trainer = Trainer(cfg)
+    model = trainer.model
+    assert model.pipe.text_encoder is None and model.pipe.text_encoder_2 is None
+    torch.testing.assert_close(trainer.sigmas, model.schedule(3))
+    stats = trainer.iteration(0)
+    assert all(torch.isfinite(torch.as_tensor(v)).all() for v in stats.values()
+               if isinstance(v, (int, float)))

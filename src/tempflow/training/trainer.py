@@ -60,6 +60,9 @@ class Trainer:
                             f"multiple of the number of processes ({self.dist.world})")
         with torch.no_grad():  # text embeddings of the prompt set, computed once
             self.train_cond = self.model.encode_prompts(self.train_set.prompts)
+            if hasattr(self.model, "drop_text_encoders"):  # diffusers models cache embeddings:
+                self.model.encode_prompts(self.eval_set.prompts)  # with every prompt cached,
+                self.model.drop_text_encoders()                    # the text encoders can go
         self.sigmas = model_sigmas(self.model, cfg.sampling.steps, cfg.sampling.shift).to(self.dist.device)
         self.steps = cfg.sampling.trained_steps()
         self.weights_all = noise_aware_weights(self.sigmas.cpu(), cfg.sampling.noise_level, self.steps)
