@@ -12,7 +12,7 @@ from tempflow.grpo.objective import ObjectiveConfig, grpo_loss, trajectory_trans
 from tempflow.grpo.rollout import rollout_flow_grpo
 from tempflow.models.lora import LoraSpec, lora_parameters
 from tempflow.sampling.loops import sample_ode
-from tiny_pipelines import RESOLUTION, TINY
+from tiny_pipelines import RESOLUTION, TINY, fresh
 
 PROMPTS = ["a red cube", "two blue balls"]
 FAMILIES = sorted(TINY)
@@ -27,7 +27,7 @@ def family(request) -> str:
 def built(family):
     """(spec, pipeline, adapter without LoRA) per family, shared by the module's tests."""
     spec = TINY[family]
-    pipe = spec.build(0)
+    pipe = fresh(family)
     return spec, pipe, spec.adapter(pipe)
 
 
@@ -92,25 +92,46 @@ def test_per_sample_sigma(built):
     assert (batched[0] - batched[2]).abs().max() > 1e-3  # sigma reaches the network per sample
 
 
-def test_on_policy_ratio_is_one(family):
+def _policy_batch(family):
+    """A LoRA model (perturbed) and the Flow-GRPO transitions of its own 3-step rollout."""
     spec = TINY[family]
-    model = spec.adapter(spec.build(0), LoraSpec(rank=2, alpha=4, target_modules=spec.lora_targets))
+    model = spec.adapter(fresh(family), LoraSpec(rank=2, alpha=4, target_modules=spec.lora_targets))
     _perturb(model, scale=0.05)
     cond = model.encode_prompts(PROMPTS)
     sig, steps, gen = model.schedule(3), [0, 1], torch.Generator().manual_seed(0)
     ro = rollout_flow_grpo(model, cond, _noise(model, 2), sig, 0.7, steps, spec.guidance_scale, gen)
     batch = trajectory_transitions(ro, cond, sig, steps, torch.tensor([1.0, -1.0]),
                                    torch.ones(2, dtype=torch.bool), torch.ones(len(steps)))
-    loss, stats = grpo_loss(model, batch, ObjectiveConfig(0.7, 1e-4, 0.01, spec.guidance_scale))
+    return model, batch, ObjectiveConfig(0.7, 1e-4, 0.01, spec.guidance_scale)
+
+
+def test_on_policy_ratio_is_one(family):
+    model, batch, cfg = _policy_batch(family)
+    loss, stats = grpo_loss(model, batch, cfg)
     assert abs(stats["ratio_min"] - 1) < 1e-5 and abs(stats["ratio_max"] - 1) < 1e-5
     loss.backward()  # (a last block's text-stream output feeds nothing: some LoRAs get no grad)
     grads = [p.grad for p in model.trainable_parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads) and any(g.abs().max() > 0 for g in grads)
 
 
+@pytest.mark.slow
+def test_gradient_checkpointing_keeps_the_gradients(family):
+    """The presets' memory setting (model.gradient_checkpointing) changes no gradient."""
+    model, batch, cfg = _policy_batch(family)
+    model.transformer.train()
+    grpo_loss(model, batch, cfg)[0].backward()
+    plain = [None if p.grad is None else p.grad.clone() for p in model.trainable_parameters()]
+    model.transformer.enable_gradient_checkpointing()
+    model.transformer.zero_grad(set_to_none=True)
+    grpo_loss(model, batch, cfg)[0].backward()
+    for g, p in zip(plain, model.trainable_parameters()):
+        if g is not None:
+            torch.testing.assert_close(p.grad, g, atol=1e-5, rtol=1e-4)
+
+
 def test_lora_targets_reference_and_pipeline_loading(family, built, tmp_path):
     spec, _, base = built
-    model = spec.adapter(spec.build(0), LoraSpec(rank=2, alpha=4, target_modules=spec.lora_targets))
+    model = spec.adapter(fresh(family), LoraSpec(rank=2, alpha=4, target_modules=spec.lora_targets))
     trained = {n for n, p in model.transformer.named_parameters() if p.requires_grad}
     assert trained and all(".lora_" in n for n in trained)
     hit = {t for t in spec.lora_targets for n in trained if f".{t}.lora_" in n}
@@ -126,25 +147,25 @@ def test_lora_targets_reference_and_pipeline_loading(family, built, tmp_path):
             torch.testing.assert_close(model.velocity(x, sig, cond), v_base)
     # a saved LoRA loads with the pipeline's own load_lora_weights and samples as the adapter does
     out = model.save_lora(tmp_path / "lora")
-    fresh = spec.build(0)
-    fresh.load_lora_weights(str(out))
+    pipe = fresh(family)
+    pipe.load_lora_weights(str(out))
     noise = _noise(model, 2, seed=7)
-    ref = _pipeline_latents(spec, fresh, model, noise, 2)
+    ref = _pipeline_latents(spec, pipe, model, noise, 2)
     ours = sample_ode(model, cond, noise, model.schedule(2), guidance_scale=spec.guidance_scale)
     torch.testing.assert_close(ours, ref, atol=1e-4, rtol=1e-4)
-    loaded = spec.adapter(spec.build(0))
+    loaded = spec.adapter(fresh(family))
     loaded.load_lora(out)
     with torch.no_grad():
         torch.testing.assert_close(loaded.velocity(x, sig, cond), v_pol, atol=1e-5, rtol=1e-5)
 
 
 def test_lora_of_another_family_is_refused(family, tmp_path):
-    other = next(f for f in FAMILIES if f != family)
+    other = "flux" if family == "sd3" else "sd3"  # the cheapest donors
     spec, spec_o = TINY[family], TINY[other]
-    donor = spec_o.adapter(spec_o.build(0), LoraSpec(rank=2, alpha=4, target_modules=spec_o.lora_targets))
+    donor = spec_o.adapter(fresh(other), LoraSpec(rank=2, alpha=4, target_modules=spec_o.lora_targets))
     out = donor.save_lora(tmp_path / "lora")
     with pytest.raises(UserError, match=f"{other}.*{family}"):
-        spec.adapter(spec.build(0)).load_lora(out)
+        spec.adapter(fresh(family)).load_lora(out)
 
 
 def test_decode_range(built):
@@ -157,7 +178,7 @@ def test_decode_range(built):
 
 def test_prompt_embeddings_cached_and_encoders_dropped(family):
     spec = TINY[family]
-    model = spec.adapter(spec.build(0))
+    model = spec.adapter(fresh(family))
     calls = []
     hooks = [getattr(model.pipe, n).register_forward_hook(lambda *a: calls.append(1))
              for n in model.text_modules if getattr(model.pipe, n, None) is not None]

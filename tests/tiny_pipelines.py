@@ -10,6 +10,8 @@ A new family: add ``build_<family>`` and a :data:`TINY` entry.
 
 from __future__ import annotations
 
+import copy
+
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -262,3 +264,13 @@ TINY: dict[str, Tiny] = {
                        {"guidance_scale": 4.0, "max_sequence_length": QWEN_LEN,
                         "text_encoder_out_layers": (1, 2)}, _targets("flux2klein"), _tokens_to_grid),
 }
+
+_BUILT: dict = {}
+
+
+def fresh(family: str, seed: int = 0):
+    """A deep copy of ``family``'s tiny pipeline, built once per process (a copy takes
+    milliseconds; building a Qwen2.5-VL text encoder takes seconds)."""
+    if (family, seed) not in _BUILT:
+        _BUILT[family, seed] = TINY[family].build(seed)
+    return copy.deepcopy(_BUILT[family, seed])
