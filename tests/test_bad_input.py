@@ -100,6 +100,9 @@ CASES = [
     Case("lora-arch", "LoRA of another architecture (sample --lora)",
          ["sample", "--model", "{wide_model}", "--lora", "{run}/lora", "--prompt", "a red circle",
           "--out", "{tmp}/x.png"], "was trained on base model"),
+    Case("model-class", "a diffusers folder of an unsupported pipeline class",
+         ["sample", "--model", "{sdxl_folder}", "--prompt", "a red circle", "--out", "{tmp}/x.png"],
+         "pipeline class 'StableDiffusionXLPipeline' is not supported"),
     Case("lora-other-base", "LoRA loaded onto another base of the same architecture",
          ["sample", "--model", "{other_base}", "--lora", "{run}/lora", "--prompt", "a red circle",
           "--out", "{tmp}/x.png"], "was trained on base model"),
@@ -229,6 +232,9 @@ def world(tmp_path_factory):
     paths["corrupt_model"] = _tiny(tmp / "corrupt")
     weights = paths["corrupt_model"] / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
+    (tmp / "sdxl").mkdir()
+    (tmp / "sdxl" / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline"}))
+    paths["sdxl_folder"] = tmp / "sdxl"
     paths["wide_model"] = _tiny(tmp / "wide", head_dim=16)
     paths["other_base"] = _edit_weights(_tiny(tmp / "other-base"), lambda sd: {k: v * 1.5 for k, v in sd.items()})
     paths["nan_model"] = _edit_weights(_tiny(tmp / "nan"), lambda sd: {
