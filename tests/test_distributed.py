@@ -18,6 +18,7 @@ import pytest
 import torch
 import yaml
 
+from tempflow.training import checkpoint as ck
 from test_resume import env, finish, make_tiny_model, metrics, run_config, wait_lines
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -126,9 +127,9 @@ def test_fsdp2_killed_and_resumed_from_shards_matches(tmp_path):
     base = [str(LAUNCHER), "launch", *FSDP, *COMMON, "-m", "tempflow", "train", "--no-progress",
             "--allow-import", "resume_rewards"]
 
-    def launch(args):
+    def launch(args, **extra):
         return subprocess.Popen(base + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=env(), start_new_session=True)
+                                env=env(**extra), start_new_session=True)
 
     for name in ("ref", "cut"):
         cfg = run_config(tmp_path, model, name)
@@ -136,10 +137,16 @@ def test_fsdp2_killed_and_resumed_from_shards_matches(tmp_path):
         (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
     rc, err = finish(launch(["--config", str(tmp_path / "ref.yaml")]))
     assert rc == 0, err[-3000:]
-    p = launch(["--config", str(tmp_path / "cut.yaml")])
-    wait_lines(tmp_path / "cut" / "metrics.jsonl", 4, p, timeout=900)  # eval 0 + iterations 1..3
+    # SIGKILL of the whole launch once iteration 3 is logged; should the kill come late, the
+    # main process kills itself while checkpoint 4's shards are written, before its rename
+    p = launch(["--config", str(tmp_path / "cut.yaml")], TEMPFLOW_FAULT_CHECKPOINT=f"rename:{KILLED_RUN}")
+    try:
+        wait_lines(tmp_path / "cut" / "metrics.jsonl", 4, p, timeout=900)  # eval 0 + iterations 1..3
+    except AssertionError:
+        pass  # the launch already died at the fault
     os.killpg(p.pid, signal.SIGKILL)
     finish(p)
+    assert [i for i, _ in ck.list_checkpoints(tmp_path / "cut" / "checkpoints")] == [2]
     assert (tmp_path / "cut" / "checkpoints" / "iter_000002" / "shards").is_dir()
     rc, err = finish(launch(["--resume", str(tmp_path / "cut")]))
     assert rc == 0, err[-3000:]

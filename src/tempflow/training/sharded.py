@@ -50,7 +50,10 @@ def load(trainer, folder: Path) -> None:
     dcp.load(state, checkpoint_id=str(folder))
     opt = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
     set_state_dict(trainer.model.transformer, opt, model_state_dict=state["model"],
-                   optim_state_dict=state["optim"], options=StateDictOptions(ignore_frozen_params=True))
+                   optim_state_dict=state["optim"],
+                   # the frozen base is not in the checkpoint; dcp.load above already required
+                   # every trainable weight to be there
+                   options=StateDictOptions(ignore_frozen_params=True, strict=False))
     with torch.no_grad():
         for shadow, loaded in zip(trainer.ema.shadow, state["ema"].values()):
             if loaded is not shadow:
@@ -89,8 +92,11 @@ class LoraTemplate:
 
         directory.mkdir(parents=True, exist_ok=True)
         tensors = {self.key_of[n]: t.detach().cpu().contiguous() for n, t in sorted(full.items())}
-        save_file(dict(sorted(tensors.items())), str(directory / "pytorch_lora_weights.safetensors"),
-                  metadata=self.metadata)
+        from tempflow.models.lora import canonical_safetensors
+
+        path = directory / "pytorch_lora_weights.safetensors"
+        save_file(dict(sorted(tensors.items())), str(path), metadata=self.metadata)
+        canonical_safetensors(path)  # the header in sorted order: equal weights, equal bytes
 
 
 def full_trainable(trainer) -> dict[str, torch.Tensor]:
