@@ -36,11 +36,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def one_process(tmp_path_factory):
+def _one_process(root: Path, lora: dict | None):
     """One iteration in one process: (config path, its result)."""
-    root = tmp_path_factory.mktemp("dist")
-    cfg = {"model": {"name": str(make_tiny_model(root / "tiny")), "lora": {"rank": 4, "alpha": 4}},
+    cfg = {"model": {"name": str(make_tiny_model(root / "tiny")), "lora": lora},
            "sampling": {"steps": 6, "eval_steps": 6},
            "algorithm": {"num_branches": 2, "seeds_per_prompt": 2, "clip_range": 0.2, "branch_points": "all",
                          "std": "batch", "beta": 0.01},
@@ -53,6 +51,11 @@ def one_process(tmp_path_factory):
                          capture_output=True, text=True, timeout=900, env=env())
     assert res.returncode == 0, res.stderr[-3000:]
     return path, torch.load(root / "one.pt")
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    return _one_process(tmp_path_factory.mktemp("dist"), {"rank": 4, "alpha": 4})
 
 
 def assert_matches(a: dict, b: dict) -> None:
@@ -73,6 +76,21 @@ def assert_matches(a: dict, b: dict) -> None:
 def test_fsdp2_two_processes_equal_one(one_process):
     cfg, a = one_process
     out = cfg.parent / "fsdp.pt"
+    res = subprocess.run([str(LAUNCHER), "launch", *FSDP, *COMMON, str(WORKER), str(cfg), str(out)],
+                         capture_output=True, text=True, timeout=900, env=env())
+    assert res.returncode == 0, res.stderr[-3000:]
+    b = torch.load(out)
+    assert b["engine"] == "fsdp"
+    assert_matches(a, b)
+
+
+@pytest.mark.slow
+@needs_launcher
+def test_fsdp2_full_fine_tuning_two_processes_equal_one(tmp_path):
+    """Full fine-tuning (model.lora: null) sharded by FSDP2: every weight, the frozen reference
+    copy and the EMA are sharded, and the update equals one process's."""
+    cfg, a = _one_process(tmp_path, None)
+    out = tmp_path / "fsdp-full.pt"
     res = subprocess.run([str(LAUNCHER), "launch", *FSDP, *COMMON, str(WORKER), str(cfg), str(out)],
                          capture_output=True, text=True, timeout=900, env=env())
     assert res.returncode == 0, res.stderr[-3000:]
