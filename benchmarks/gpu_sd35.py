@@ -1,7 +1,15 @@
-"""Time per iteration, peak GPU memory and training TFLOP/s at SD3.5-Medium's size.
+"""Time per iteration, peak GPU memory and training TFLOP/s at SD3.5-Medium's size (or another family's).
 
-    python benchmarks/gpu_sd35.py [--algorithms tempflow flowgrpo] [--prompts 1] [--iterations 2]
+    python benchmarks/gpu_sd35.py [--model sd35] [--algorithms tempflow flowgrpo] [--prompts 1] [--iterations 2]
     python benchmarks/gpu_sd35.py --tiny        # a 2-layer stand-in that runs on a CPU in seconds
+    python benchmarks/gpu_sd35.py --model flux  # flux | qwenimage | zimage | flux2: benchmarks/gpu_families.py
+
+``--model`` other than sd35 builds FLUX.1-dev, Qwen-Image, Z-Image-Turbo or FLUX.2 klein 4B at
+their public config sizes (random weights) behind the project's own adapter for the family,
+with random prompt embeddings of the family's text-encoder shapes, 512 px and the family's
+default guidance (FLUX.1-dev: distilled guidance 3.5, no CFG; Qwen-Image: true CFG 4;
+Z-Image-Turbo and FLUX.2 klein: no CFG; ``--cfg`` overrides); see benchmarks/gpu_families.py.
+Model evaluations are checked against :func:`expected_nfe` (a CFG call counts 2).
 
 An ``SD3Transformer2DModel`` with SD3.5-Medium's architecture (random weights: timing needs no
 download) and the SD3.5 VAE's decoder architecture, LoRA r = 32 / alpha 64 on the eight
@@ -37,6 +45,8 @@ try:
     import tempflow  # noqa: F401
 except ImportError:  # running from a checkout without installing
     sys.path.insert(0, str(ROOT / "src"))
+if str(Path(__file__).resolve().parent) not in sys.path:  # gpu_families.py, also when imported
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from tempflow.models.base import Conditioning, FlowModel  # noqa: E402
 from tempflow.models.lora import TransformerAdapterMixin  # noqa: E402
@@ -101,8 +111,41 @@ class RandomTextSD3(TransformerAdapterMixin, FlowModel):
         return (image.float() / 2 + 0.5).clamp(0, 1)
 
 
-def build_model(tiny: bool, device: str, dtype: torch.dtype, rank: int) -> RandomTextSD3:
-    """Random-weight SD3.5-Medium (or the tiny stand-in) with a fresh LoRA (B = 0)."""
+MODELS = ("sd35", "flux", "qwenimage", "zimage", "flux2")
+
+
+def default_cfg(model: str) -> float:
+    """The CFG scale a family samples with by default (1: off): SD3.5 4.5, the others' in gpu_families."""
+    if model == "sd35":
+        return 4.5
+    from gpu_families import SPECS
+
+    return SPECS[model].cfg
+
+
+def expected_nfe(algo: str, a: argparse.Namespace) -> int:
+    """Model evaluations of one iteration (FlowModel counts a CFG call as 2): sampling, then a
+    policy and a reference call per training row. TempFlow-GRPO: per prompt and seed one
+    trajectory of T steps plus K branches from each trained step j = 0..T-2 over the T-1-j steps
+    left; Flow-GRPO: G trajectories of T steps; training rows = (seeds or G) x (T - 1) per prompt,
+    all valid (random rewards), each with a reference call (KL coefficient 0.004 > 0)."""
+    c = 2 if a.cfg > 1 else 1
+    t = a.steps
+    if algo == "tempflow":
+        sampling = a.prompts * a.seeds * (t + a.branches * t * (t - 1) // 2)
+        rows = a.prompts * a.seeds * (t - 1)
+    else:
+        sampling = a.prompts * a.group * t
+        rows = a.prompts * a.group * (t - 1)
+    return c * (sampling + 2 * rows)
+
+
+def build_model(tiny: bool, device: str, dtype: torch.dtype, rank: int, model: str = "sd35") -> FlowModel:
+    """Random-weight SD3.5-Medium (or the tiny stand-in; or another family) with a fresh LoRA (B = 0)."""
+    if model != "sd35":
+        from gpu_families import build_family
+
+        return build_family(model, tiny, device, dtype, rank)
     from diffusers import AutoencoderKL, SD3Transformer2DModel
 
     from tempflow.models.lora import LoraSpec
@@ -182,7 +225,7 @@ def measure(algo: str, a: argparse.Namespace) -> dict:
     from tempflow.sampling import flow_sigmas
 
     dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[a.dtype]
-    model = build_model(a.tiny, a.device, dtype, a.rank)
+    model = build_model(a.tiny, a.device, dtype, a.rank, a.model)
     if a.grad_ckpt:
         model.transformer.enable_gradient_checkpointing()
     optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=3e-4, weight_decay=1e-4)
@@ -215,7 +258,8 @@ def measure(algo: str, a: argparse.Namespace) -> dict:
     mean = {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
     peak = torch.cuda.max_memory_allocated() / 2**30 if a.device.startswith("cuda") else float("nan")
     params = sum(p.numel() for p in model.transformer.parameters())
-    return {"algorithm": algo, **mean, "train_tflops": flops / 1e12,
+    return {"algorithm": algo, "model": a.model, **mean, "expected_nfe": expected_nfe(algo, a),
+            "train_tflops": flops / 1e12,
             "tflop_per_s": flops / mean["train_s"] / 1e12, "peak_gib": peak, "params_m": params / 1e6,
             "device": torch.cuda.get_device_name() if a.device.startswith("cuda") else "cpu"}
 
@@ -223,7 +267,8 @@ def measure(algo: str, a: argparse.Namespace) -> dict:
 def table(results: list[dict]) -> str:
     cols = [("s/iteration", "iteration_s", "{:.1f}"), ("sampling s", "sample_s", "{:.1f}"),
             ("decode s", "decode_s", "{:.2f}"), ("training s", "train_s", "{:.1f}"),
-            ("model evals", "nfe", "{:.0f}"), ("images", "images", "{:.0f}"),
+            ("model evals", "nfe", "{:.0f}"), ("expected evals", "expected_nfe", "{:.0f}"),
+            ("images", "images", "{:.0f}"),
             ("train rows", "train_rows", "{:.0f}"), ("train TFLOP", "train_tflops", "{:.3g}"),
             ("train TFLOP/s", "tflop_per_s", "{:.3g}"), ("peak GiB", "peak_gib", "{:.1f}")]
     head = "| algorithm | " + " | ".join(c[0] for c in cols) + " |\n|---|" + "---:|" * len(cols)
@@ -234,13 +279,14 @@ def table(results: list[dict]) -> str:
 def parse(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--algorithms", nargs="+", default=["tempflow", "flowgrpo"], choices=["tempflow", "flowgrpo"])
-    ap.add_argument("--tiny", action="store_true", help="2-layer stand-in at 16 px (CPU smoke run)")
+    ap.add_argument("--model", default="sd35", choices=MODELS, help="model family at its public size (default sd35)")
+    ap.add_argument("--tiny", action="store_true", help="1-2-layer stand-in at 16 px (CPU smoke run)")
     ap.add_argument("--prompts", type=int, default=1, help="prompts per iteration on this GPU (paper: 48 over all GPUs)")
     ap.add_argument("--seeds", type=int, default=4, help="TempFlow-GRPO seeds per prompt (paper 4)")
     ap.add_argument("--branches", type=int, default=6, help="TempFlow-GRPO branches K (paper 6)")
     ap.add_argument("--group", type=int, default=24, help="Flow-GRPO trajectories per prompt (paper 24)")
     ap.add_argument("--steps", type=int, default=10, help="sampling steps T (paper 10)")
-    ap.add_argument("--cfg", type=float, default=4.5)
+    ap.add_argument("--cfg", type=float, default=None, help="CFG scale (default: the family's, 4.5 for sd35)")
     ap.add_argument("--rank", type=int, default=32, help="LoRA rank (alpha = 2 rank)")
     ap.add_argument("--minibatches", type=int, default=2, help="optimizer steps per iteration (paper 2)")
     ap.add_argument("--microbatch", type=int, default=8, help="rows per forward + backward")
@@ -254,6 +300,7 @@ def parse(argv):
     a = ap.parse_args(argv)
     a.device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
     a.dtype = a.dtype or ("bfloat16" if a.device.startswith("cuda") else "float32")
+    a.cfg = default_cfg(a.model) if a.cfg is None else a.cfg
     if a.device == "cpu" and not a.tiny:
         ap.error("the full-size model needs a CUDA GPU; use --tiny for a CPU run")
     return a
@@ -282,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         results.append(result)
     r = results[0]
-    print(f"{r['device']}, {a.dtype}, transformer {r['params_m']:.1f}M parameters + LoRA r {a.rank}, "
+    print(f"{a.model}{' (tiny)' if a.tiny else ''}, cfg {a.cfg:g}, {r['device']}, {a.dtype}, "
+          f"transformer {r['params_m']:.1f}M parameters + LoRA r {a.rank}, "
           f"{a.prompts} prompt(s) per iteration, mean of {a.iterations} iteration(s) after a warm-up")
     print(table(results))
     if a.json:
