@@ -60,10 +60,12 @@ def test_tiny_iteration_counts(model):
 
 
 @pytest.mark.slow
-def test_cli_every_family(tmp_path):
-    """The script end to end (one child process per algorithm): the table and the JSON."""
+def test_cli_for_a_family(tmp_path):
+    """The script end to end (one child process per algorithm): the table and the JSON, for
+    one family besides SD3.5 (whose command line the gpu_check.sh test runs); every family's
+    iteration is checked in process above."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for model in FAMILIES:
+    for model in ("qwenimage",):
         out = tmp_path / f"{model}.json"
         res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_sd35.py"), *SMALL, "--model", model,
                               "--json", str(out)], capture_output=True, text=True, timeout=300, env=env)
