@@ -86,6 +86,26 @@ def test_fsdp2_two_processes_equal_one(one_process):
 
 @pytest.mark.slow
 @needs_launcher
+def test_ddp_gradient_accumulation_equals_one_backward(one_process):
+    """train.grad_accumulation=2 under DDP (no gradient sync on the first micro-batch) makes
+    the same update as one process with one backward per minibatch."""
+    cfg, a = one_process
+    acc = cfg.parent / "cfg-acc.yaml"
+    data = yaml.safe_load(cfg.read_text())
+    data["train"]["grad_accumulation"] = 2
+    acc.write_text(yaml.safe_dump(data))
+    out = cfg.parent / "ddp-acc.pt"
+    res = subprocess.run([str(LAUNCHER), "launch", "--multi_gpu", "--num_processes", "2", *COMMON,
+                          str(WORKER), str(acc), str(out)],
+                         capture_output=True, text=True, timeout=900, env=env())
+    assert res.returncode == 0, res.stderr[-3000:]
+    b = torch.load(out)
+    assert b["engine"] == "ddp"
+    assert_matches(a, b)
+
+
+@pytest.mark.slow
+@needs_launcher
 def test_fsdp2_full_fine_tuning_two_processes_equal_one(tmp_path):
     """Full fine-tuning (model.lora: null) sharded by FSDP2: every weight, the frozen reference
     copy and the EMA are sharded, and the update equals one process's."""
