@@ -71,17 +71,22 @@ def assert_matches(a: dict, b: dict) -> None:
         torch.testing.assert_close(p, q, atol=1e-4, rtol=1e-3)
 
 
+def assert_launch_matches(a: dict, launch: list[str], cfg: Path, out: Path, engine: str) -> None:
+    """One iteration under ``accelerate launch`` with ``launch``: the engine it reports is
+    ``engine`` and its result matches the one-process result ``a``."""
+    res = subprocess.run([str(LAUNCHER), "launch", *launch, *COMMON, str(WORKER), str(cfg), str(out)],
+                         capture_output=True, text=True, timeout=900, env=env())
+    assert res.returncode == 0, res.stderr[-3000:]
+    b = torch.load(out)
+    assert b["engine"] == engine
+    assert_matches(a, b)
+
+
 @pytest.mark.slow
 @needs_launcher
 def test_fsdp2_two_processes_equal_one(one_process):
     cfg, a = one_process
-    out = cfg.parent / "fsdp.pt"
-    res = subprocess.run([str(LAUNCHER), "launch", *FSDP, *COMMON, str(WORKER), str(cfg), str(out)],
-                         capture_output=True, text=True, timeout=900, env=env())
-    assert res.returncode == 0, res.stderr[-3000:]
-    b = torch.load(out)
-    assert b["engine"] == "fsdp"
-    assert_matches(a, b)
+    assert_launch_matches(a, FSDP, cfg, cfg.parent / "fsdp.pt", "fsdp")
 
 
 @pytest.mark.slow
@@ -94,14 +99,7 @@ def test_ddp_gradient_accumulation_equals_one_backward(one_process):
     data = yaml.safe_load(cfg.read_text())
     data["train"]["grad_accumulation"] = 2
     acc.write_text(yaml.safe_dump(data))
-    out = cfg.parent / "ddp-acc.pt"
-    res = subprocess.run([str(LAUNCHER), "launch", "--multi_gpu", "--num_processes", "2", *COMMON,
-                          str(WORKER), str(acc), str(out)],
-                         capture_output=True, text=True, timeout=900, env=env())
-    assert res.returncode == 0, res.stderr[-3000:]
-    b = torch.load(out)
-    assert b["engine"] == "ddp"
-    assert_matches(a, b)
+    assert_launch_matches(a, ["--multi_gpu", "--num_processes", "2"], acc, cfg.parent / "ddp-acc.pt", "ddp")
 
 
 @pytest.mark.slow
@@ -110,13 +108,7 @@ def test_fsdp2_full_fine_tuning_two_processes_equal_one(tmp_path):
     """Full fine-tuning (model.lora: null) sharded by FSDP2: every weight, the frozen reference
     copy and the EMA are sharded, and the update equals one process's."""
     cfg, a = _one_process(tmp_path, None)
-    out = tmp_path / "fsdp-full.pt"
-    res = subprocess.run([str(LAUNCHER), "launch", *FSDP, *COMMON, str(WORKER), str(cfg), str(out)],
-                         capture_output=True, text=True, timeout=900, env=env())
-    assert res.returncode == 0, res.stderr[-3000:]
-    b = torch.load(out)
-    assert b["engine"] == "fsdp"
-    assert_matches(a, b)
+    assert_launch_matches(a, FSDP, cfg, tmp_path / "fsdp-full.pt", "fsdp")
 
 
 @pytest.mark.slow
