@@ -8,11 +8,20 @@ from typing import Iterator
 import torch
 
 
-class EMA:
-    """shadow <- decay * shadow + (1 - decay) * param, every ``every`` optimiser steps."""
+def warmup_decay(updates: int, decay: float) -> float:
+    """The published EMA warm-up (Flow-GRPO and TempFlow-GRPO code):
+    d_t = min((1 + t) / (10 + t), decay), t = EMA updates done before this one, so the first
+    updates mostly copy the weights and early EMA weights are not held near the base."""
+    return min((1.0 + updates) / (10.0 + updates), decay)
 
-    def __init__(self, params: list[torch.nn.Parameter], decay: float, every: int):
-        self.params, self.decay, self.every = params, decay, every
+
+class EMA:
+    """shadow <- d * shadow + (1 - d) * param every ``every`` optimiser steps, with
+    d = :func:`warmup_decay` (``warmup``) or the constant ``decay``."""
+
+    def __init__(self, params: list[torch.nn.Parameter], decay: float, every: int,
+                 warmup: bool = True):
+        self.params, self.decay, self.every, self.warmup = params, decay, every, warmup
         self.shadow = [p.detach().clone().float() for p in params]
         self.steps = 0
 
@@ -22,8 +31,10 @@ class EMA:
         self.steps += 1
         if self.every <= 0 or self.steps % self.every:
             return
+        updates = self.steps // self.every - 1  # EMA updates before this one
+        decay = warmup_decay(updates, self.decay) if self.warmup else self.decay
         for s, p in zip(self.shadow, self.params):
-            s.lerp_(p.detach().float(), 1.0 - self.decay)
+            s.lerp_(p.detach().float(), 1.0 - decay)
 
     @contextlib.contextmanager
     def applied(self) -> Iterator[None]:

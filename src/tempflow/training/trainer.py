@@ -43,7 +43,7 @@ class Trainer:
         self._prepare_model()
         params = self.model.trainable_parameters()
         self.optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-        self.ema = EMA(params, cfg.train.ema_decay, cfg.train.ema_every)
+        self.ema = EMA(params, cfg.train.ema_decay, cfg.train.ema_every, cfg.train.ema_warmup)
         self.reward = reward_from_config(cfg.reward)
         self.scorer = RewardScorer(self.model, self.reward, cfg.reward.name, cfg.reward.score_chunks,
                                    cfg.reward.async_scoring)
