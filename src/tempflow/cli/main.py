@@ -9,7 +9,7 @@ import sys
 from tempflow import __version__
 from tempflow.errors import UserError
 
-SUBCOMMANDS = ("train", "sample", "verify", "eval", "report", "export", "pretrain", "serve-reward")
+SUBCOMMANDS = ("train", "sample", "verify", "eval", "compare", "report", "export", "pretrain", "serve-reward")
 
 
 class Parser(argparse.ArgumentParser):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime
 from pathlib import Path
 
-from tempflow.report import html, sections
+from tempflow.report import html, paired_section, sections
 from tempflow.report.runs import RunData, load_run, load_runs
 
 __all__ = ["RunData", "build_report", "load_run", "load_runs", "write_report"]
@@ -22,7 +22,7 @@ def build_report(paths: list[str], title: str | None = None) -> str:
     stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     intro = (f'<p class="note">Written {stamp} by <code>tempflow report</code> from '
              + ", ".join(f"<code>{html.esc(r.path)}</code>" for r in runs) + ".</p>")
-    body = [intro, sections.overview(runs), sections.curves(runs), sections.geneval_tables(runs),
+    body = [intro, paired_section.paired(runs), sections.overview(runs), sections.curves(runs), sections.geneval_tables(runs),
             sections.grids(runs), sections.cost(runs), sections.config_diff(runs)]
     return html.page(title, [b for b in body if b])
 

@@ -15,6 +15,7 @@ th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
 thead th { background: #f2f2f2; }
 .up { color: #1a7f37; } .down { color: #c62828; }
+p.lead { font-size: 1.1em; }
 .plots { display: flex; flex-wrap: wrap; gap: 1em; }
 .plots figure { flex: 1 1 45%; } .plots img { width: 100%; }
 .pair { display: flex; flex-wrap: wrap; gap: 1.5em; align-items: flex-start; }

@@ -76,3 +76,24 @@ def eval_curves(runs: list[RunData], x: str = "iteration", metric: str = "eval/p
                    "time": "training wall-clock (minutes)"}[x])
     ax.set_ylabel("held-out pass rate" if metric == "eval/pass_rate" else f"held-out {metric[5:]}")
     return _png(plt, fig, ax)
+
+
+@frees_cycles
+def delta_curves(runs: list[RunData], metric: str = "pass_rate") -> bytes:
+    """Paired change of the held-out ``metric`` against each run's first evaluation, with the
+    95% bootstrap interval as a band (eval/delta/<metric>, _lo, _hi from the run's logs)."""
+    plt, fig, ax = _figure()
+    key = f"eval/delta/{metric}"
+    for i, run in enumerate(runs):
+        pts = [r for r in run.evals if key in r]
+        if not pts:
+            continue
+        first = next(r["iteration"] for r in run.evals if "eval/pass_rate" in r)
+        its = [first] + [r["iteration"] for r in pts]
+        mid, lo, hi = ([0.0] + [r[key + s] for r in pts] for s in ("", "_lo", "_hi"))
+        ax.fill_between(its, lo, hi, color=f"C{i}", alpha=0.2)
+        ax.plot(its, mid, "o-", color=f"C{i}", label=f"{run.name} ({run.algorithm})")
+    ax.axhline(0.0, color="grey", lw=0.8)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel(f"held-out {metric.replace('_', ' ')} change (paired, 95% band)")
+    return _png(plt, fig, ax)

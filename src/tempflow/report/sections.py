@@ -21,6 +21,10 @@ def _pass(record: dict | None) -> float | None:
     return None if record is None or "eval/pass_rate" not in record else record["eval/pass_rate"]
 
 
+def _plain_delta(before, after) -> str:
+    return "–" if before is None or after is None else f"{after - before:+.3f}"
+
+
 def overview(runs: list[RunData]) -> str:
     """One row per run: algorithm, iterations, held-out pass rate first / last / best, cost."""
     rows = []
@@ -29,11 +33,12 @@ def overview(runs: list[RunData]) -> str:
         passes = [e["eval/pass_rate"] for e in r.evals if "eval/pass_rate" in e]
         total_s = sum(float(t.get("time/iteration", 0.0)) for t in r.train)
         rows.append([H.esc(r.name), H.esc(r.algorithm), H.num(len(r.train)),
-                     H.num(_pass(first)), H.num(_pass(last)), H.delta(_pass(first), _pass(last)),
+                     H.num(_pass(first)), H.num(_pass(last)), _plain_delta(_pass(first), _pass(last)),
                      H.num(max(passes) if passes else None),
                      H.num(_mean(r.train, "count/nfe"), 0), H.num(_mean(r.train, "time/iteration"), 2),
                      H.num(total_s / 60, 1) if r.train else "–"])
-    head = ["run", "algorithm", "iterations", "pass rate (first eval)", "pass rate (last eval)", "change",
+    head = ["run", "algorithm", "iterations", "pass rate (first eval)", "pass rate (last eval)",
+            "change (see the paired section for its interval)",
             "best", "model evals / iteration", "s / iteration", "training minutes"]
     return ("<h2>Overview</h2>" + H.table(head, rows, raw=True)
             + '<p class="note">Held-out pass rate: GenEval-style (mean over categories) of deterministic '
@@ -73,6 +78,10 @@ def curves(runs: list[RunData]) -> str:
                        ("time", "against training wall-clock (time/iteration; evaluations excluded)")):
             figs.append(H.figure(H.img(plots.eval_curves(runs, x), f"pass rate {cap}"),
                                  f"Held-out pass rate {cap}."))
+    if any("eval/delta/pass_rate" in e for r in runs for e in r.evals):
+        figs.insert(0, H.figure(H.img(plots.delta_curves(runs), "paired change"),
+                                "Held-out pass rate change against the run's first evaluation, "
+                                "paired (same prompts and noise), with its 95% interval band."))
     if not figs:
         return ""
     return '<h2>Curves</h2><div class="plots">' + "".join(figs) + "</div>"

@@ -19,7 +19,20 @@ from tempflow.training.run_dir import RunDir, check_new_run, ensure_writable
 from tempflow.training.trainer import Trainer
 from tempflow.utils.memory import peak_rss_mb, rss_mb
 
-EVAL_GRID_PROMPTS = 8  # fixed evaluation prompts shown in the grids
+EVAL_GRID_PROMPTS = 8  # fixed evaluation prompts shown in the grids, one row each
+EVAL_GRID_IMAGES = 8  # images per row
+
+
+def grid_prompts(categories: list[str], n: int = EVAL_GRID_PROMPTS) -> list[int]:
+    """Indices of the prompts shown in evaluation grids: round-robin over the categories in
+    order of first appearance (the first prompt of each, then the second, ...), n at most."""
+    by: dict[str, list[int]] = {}
+    for i, c in enumerate(categories):
+        by.setdefault(c, []).append(i)
+    out: list[int] = []
+    for k in range(max((len(v) for v in by.values()), default=0)):
+        out += [v[k] for v in by.values() if k < len(v)]
+    return out[:n]
 
 
 @torch.no_grad()
@@ -40,11 +53,39 @@ def evaluate(trainer: Trainer, it: int, run: RunDir) -> dict:
                                steps=cfg.sampling.eval_steps, shift=cfg.sampling.shift,
                                guidance_scale=cfg.sampling.guidance_scale, seed=cfg.train.seed)
     record = {"iteration": it, **res.summary(), "time/eval": time.perf_counter() - t0}
-    n = min(EVAL_GRID_PROMPTS, len(trainer.eval_set.prompts)) * cfg.run.eval_images_per_prompt
-    grid = save_grid(res.images[:n], run.path / "grids" / f"eval_{it:05d}.png",
-                     nrow=cfg.run.eval_images_per_prompt * 2, prompts=res.prompts[:n])
+    if res.passed is not None:
+        record.update(_paired_with_first(res, it, run))
+    per = cfg.run.eval_images_per_prompt
+    shown = min(per, EVAL_GRID_IMAGES)  # the first images of each of the first prompts, a row each
+    idx = [p * per + k for p in grid_prompts(trainer.eval_set.categories) for k in range(shown)]
+    grid = save_grid(res.images[idx], run.path / "grids" / f"eval_{it:05d}.png",
+                     nrow=shown, prompts=[res.prompts[i] for i in idx])
     run.log_image("grids/eval", grid, it)
     return record
+
+
+def _paired_with_first(res, it: int, run: RunDir) -> dict:
+    """Keep this evaluation's per-image results (evals/eval_<it>.json) and, after the first,
+    its paired change against the run's first evaluation (same prompts, same noise):
+    eval/delta/<metric> with its 95% bootstrap interval (eval/delta/<metric>_lo, _hi)."""
+    import json
+
+    from tempflow.paired import compare
+
+    folder = run.path / "evals"
+    folder.mkdir(exist_ok=True)
+    data = res.to_json({"iteration": it})
+    (folder / f"eval_{it:05d}.json").write_text(json.dumps(data) + "\n")
+    firsts = sorted(folder.glob("eval_*.json"))
+    if not firsts or firsts[0].name == f"eval_{it:05d}.json":
+        return {}
+    first = json.loads(firsts[0].read_text())
+    out = {}
+    for metric in ("pass_rate", "score"):
+        d = compare(first, data, metric)["overall"]
+        out.update({f"eval/delta/{metric}": d.delta, f"eval/delta/{metric}_lo": d.lo,
+                    f"eval/delta/{metric}_hi": d.hi})
+    return out
 
 
 # ---------------------------------------------------------------------------- checkpoints

@@ -39,19 +39,50 @@ def make_grid(images: Tensor, nrow: int | None = None, pad: int = 2, scale: int 
 
 
 #: the keys of a grid's .json sidecar (how a sidecar written here is recognised)
-SIDECAR_KEYS = {"num", "nrow", "pad", "scale", "height", "width", "prompts"}
+SIDECAR_KEYS = {"num", "nrow", "pad", "scale", "height", "width", "prompts", "left"}
+
+
+def row_labels(prompts: Sequence[str], nrow: int) -> list[str]:
+    """One label per grid row: the row's distinct prompts in order, joined by " / "."""
+    out = []
+    for start in range(0, len(prompts), nrow):
+        row = list(dict.fromkeys(prompts[start:start + nrow]))
+        out.append(" / ".join(row))
+    return out
+
+
+def _label_rows(grid: np.ndarray, labels: list[str], pitch: int, pad: int) -> tuple[np.ndarray, int]:
+    """The grid with a white margin on its left holding each row's label, vertically centred
+    on the row: (uint8 [H, left + W, 3], left)."""
+    from PIL import ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    width = max((probe.textlength(t, font=font) for t in labels), default=0)
+    left = int(math.ceil(width)) + 8
+    canvas = Image.new("RGB", (left + grid.shape[1], grid.shape[0]), (255, 255, 255))
+    canvas.paste(Image.fromarray(grid), (left, 0))
+    draw = ImageDraw.Draw(canvas)
+    for r, text in enumerate(labels):
+        y = pad + r * pitch + (pitch - pad) // 2
+        draw.text((4, y), text, fill=(0, 0, 0), font=font, anchor="lm")
+    return np.asarray(canvas), left
 
 
 def save_grid(images: Tensor, path: str | Path, nrow: int | None = None, pad: int = 2,
               scale: int = 4, prompts: Sequence[str] | None = None) -> Path:
-    """Write a PNG grid and its layout sidecar (``path`` with suffix .json)."""
+    """Write a PNG grid and its layout sidecar (``path`` with suffix .json). With ``prompts``
+    (one per image) each row is labelled on the left with its prompt(s)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     b, _, h, w = images.shape
     nrow = nrow or math.ceil(math.sqrt(b))
-    Image.fromarray(make_grid(images, nrow, pad, scale)).save(path)
+    grid, left = make_grid(images, nrow, pad, scale), 0
+    if prompts is not None and len(prompts) == b and b:
+        grid, left = _label_rows(grid, row_labels(list(prompts), nrow), h * scale + pad, pad)
+    Image.fromarray(grid).save(path)
     meta = {"num": b, "nrow": nrow, "pad": pad, "scale": scale, "height": h, "width": w,
-            "prompts": list(prompts) if prompts is not None else None}
+            "prompts": list(prompts) if prompts is not None else None, "left": left}
     path.with_suffix(".json").write_text(json.dumps(meta, indent=1) + "\n")
     return path
 
@@ -91,7 +122,8 @@ def load_images(path: str | Path) -> tuple[Tensor, list[str] | None]:
         th, tw = m["height"] * m["scale"], m["width"] * m["scale"]
         for i in range(m["num"]):
             r, c = divmod(i, m["nrow"])
-            y, x = m["pad"] + r * (th + m["pad"]), m["pad"] + c * (tw + m["pad"])
+            y = m["pad"] + r * (th + m["pad"])
+            x = int(m.get("left", 0)) + m["pad"] + c * (tw + m["pad"])
             tile = arr[y:y + th:m["scale"], x:x + tw:m["scale"]]
             if tile.shape[:2] != (m["height"], m["width"]):
                 raise ValueError("grid smaller than its layout")
