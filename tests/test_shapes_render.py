@@ -50,10 +50,10 @@ def test_render_format_and_palette(size):
 
 
 def test_object_sizes_scale_with_canvas():
-    assert R.object_size_range(32) == (7, 11)
-    assert R.object_size_range(64) == (14, 22)
-    assert R.object_size_range(24)[0] >= 7
-    assert R.object_size_range(32, "small") == (7, 8) and R.object_size_range(32, "big") == (12, 13)
+    assert R.object_size_range(32) == (8, 11)
+    assert R.object_size_range(64) == (16, 22)
+    assert R.object_size_range(24)[0] >= 8
+    assert R.object_size_range(32, "small") == (8, 8) and R.object_size_range(32, "big") == (12, 13)
     small_max, big_min = size_class_bounds(32)
     assert R.object_size_range(32, "small")[1] < small_max < R.object_size_range(32)[1]
     assert R.object_size_range(32)[1] < big_min < R.object_size_range(32, "big")[0]
