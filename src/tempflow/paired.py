@@ -25,6 +25,7 @@ import numpy as np
 from tempflow.errors import UserError
 
 METRICS = ("pass_rate", "score")
+_ROW_KEY = {"pass_rate": "passed", "score": "score"}  # metric -> eval.json image field
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ def _per_prompt(rows_a: list[dict], rows_b: list[dict], metric: str):
         if a["prompt"] != b["prompt"] or a["category"] != b["category"]:
             raise UserError(f"image {i}: prompt {a['prompt']!r} against {b['prompt']!r}: a paired "
                             "comparison needs both evaluations on the same prompt list, in order")
-        va, vb = a.get(metric), b.get(metric)
+        va, vb = a.get(_ROW_KEY[metric]), b.get(_ROW_KEY[metric])
         if va is None or vb is None or not (np.isfinite(float(va)) and np.isfinite(float(vb))):
             continue  # a sample not scored in either evaluation
         pair = acc[a["category"]][a["prompt"]]
