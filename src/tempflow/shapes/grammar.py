@@ -68,8 +68,10 @@ def object_size_range(size: int, size_word: str | None = None) -> tuple[int, int
 
 def size_class_bounds(size: int) -> tuple[float, float]:
     """(small_max, big_min): an object whose box side is <= small_max px is small and one
-    whose side is >= big_min px is big (8.5 and 11.5 px at 32 px, between the ranges)."""
-    return 8.5 * size / 32, 11.5 * size / 32
+    whose side is >= big_min px is big: half a pixel beyond the "small" and "big" ranges of
+    :func:`object_size_range` (8.5 and 11.5 px at 32 px; 8.5 and 8.5 at 24 px, where small
+    objects are 8 px like unmarked ones and big ones 9-10 px)."""
+    return object_size_range(size, "small")[1] + 0.5, object_size_range(size, "big")[0] - 0.5
 
 
 def position_margin(size: int) -> float:
