@@ -39,7 +39,40 @@ def test_refuses_to_overwrite_or_resume_wrongly(tmp_path):
         pretrain(cfg(tmp_path / "fresh", 2), resume=True, progress=False)
 
 
+def test_resume_from_a_moved_folder_with_other_save_every_is_exact(tmp_path):
+    import shutil
+    kw = dict(sigma_sampling="logit_normal", sigma_mean=0.8, sigma_std=0.8)
+    pretrain(cfg(tmp_path / "a", 4, **kw), progress=False)
+    pretrain(cfg(tmp_path / "b", 2, **kw), progress=False)
+    shutil.move(tmp_path / "b", tmp_path / "moved")
+    c = cfg(tmp_path / "moved", 4, **kw)
+    c.save_every = 3
+    pretrain(c, resume=True, progress=False)
+    a = load_file(str(tmp_path / "a" / "model.safetensors"))
+    b = load_file(str(tmp_path / "moved" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(UserError, match="other options"):  # the noise distribution may not change
+        pretrain(cfg(tmp_path / "moved", 6, sigma_sampling="logit_normal", sigma_mean=0.0,
+                     sigma_std=0.8), resume=True, progress=False)
+
+
+def test_logit_normal_sigma_draws_follow_mean_and_std(tmp_path, monkeypatch):
+    """sigma = sigmoid(N(mean, std)): the logits of the drawn noise levels have that mean and std."""
+    import tempflow.pretrain.shapes as P
+    seen = []
+    real = torch.sigmoid
+    monkeypatch.setattr(P.torch, "sigmoid", lambda z: (seen.append(z.clone()), real(z))[1])
+    c = cfg(tmp_path / "s", 40, sigma_sampling="logit_normal", sigma_mean=0.8, sigma_std=0.5)
+    c.batch_size = 64
+    pretrain(c, progress=False)
+    logits = torch.cat([z for z in seen if z.shape == (64,)])
+    assert logits.numel() == 40 * 64
+    assert abs(float(logits.mean()) - 0.8) < 0.05 and abs(float(logits.std()) - 0.5) < 0.05
+
+
 def test_invalid_options():
+    with pytest.raises(UserError, match="sigma_std"):
+        PretrainConfig(sigma_sampling="logit_normal", sigma_std=0.0)
     with pytest.raises(UserError, match="batch_size"):
         PretrainConfig(batch_size=0)
     with pytest.raises(UserError, match="caption_dropout"):

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from tempflow.errors import UserError
-from tempflow.shapes import (BACKGROUND, CATEGORIES, COLORS, SHAPES, ObjectSpec, SceneSpec,
-                             all_prompts, category_of, load_prompts, parse, prompts_of,
-                             random_prompt, vocabulary)
+from tempflow.shapes import (BACKGROUND, CATEGORIES, COLORS, SHAPES, SIZES, ObjectSpec,
+                             SceneSpec, all_prompts, category_of, load_prompts, make_split,
+                             parse, prompts_of, random_prompt, scene_key, vocabulary)
 from tempflow.shapes.grammar import PROMPT_DIR
 from tempflow.shapes.make_prompt_lists import render_file, split_prompts
 
@@ -16,8 +16,8 @@ from tempflow.shapes.make_prompt_lists import render_file, split_prompts
 def test_constants():
     assert CATEGORIES == ("single_object", "two_object", "counting", "colors", "position",
                           "color_attr")
-    assert SHAPES == ("circle", "square", "triangle")
-    assert len(COLORS) == 6
+    assert SHAPES == ("circle", "square", "triangle", "diamond", "cross")
+    assert len(COLORS) == 7 and SIZES == ("small", "big")
     entries = [np.array(c, float) for c in [BACKGROUND, *COLORS.values()]]
     for c in entries:
         assert c.shape == (3,) and 0 <= c.min() and c.max() <= 255
@@ -28,7 +28,8 @@ def test_vocabulary():
     v = vocabulary()
     assert v == sorted(set(v))
     for w in ["a", "and", "above", "below", "left", "right", "of", "one", "two", "three",
-              "four", "circles", "squares", "triangles", *SHAPES, *COLORS]:
+              "four", "circles", "squares", "triangles", "diamonds", "crosses", "small", "big",
+              *SHAPES, *COLORS]:
         assert w in v
     assert {w for p in all_prompts() for w in p.split()} == set(v)
     v.append("mutated")
@@ -38,8 +39,13 @@ def test_vocabulary():
 def test_prompt_space():
     ps = all_prompts()
     sizes = {c: len(prompts_of(c)) for c in CATEGORIES}
-    assert sizes == {"single_object": 3, "two_object": 6, "counting": 12 * 7, "colors": 18,
-                     "position": 24, "color_attr": 180}  # counting: no colour or one of 6
+    # sizes: none / small / big; counting: 1-4, no colour or one of 7; position: 20 ordered
+    # pairs of different shapes x 4 relations uncoloured, and coloured pairs that differ in
+    # shape or colour; colour binding: any two shapes, two different colours
+    assert sizes == {"single_object": 5 * 3, "two_object": 20 * 9, "counting": 4 * 5 * 8,
+                     "colors": 5 * 7 * 3, "position": 20 * 4 + (20 * 49 + 5 * 42) * 4,
+                     "color_attr": 25 * 42}
+    assert len(ps) >= 2000
     assert ps == all_prompts() and len(ps) == len(set(ps)) == sum(sizes.values())
     for c in CATEGORIES:
         for p in prompts_of(c):
@@ -63,6 +69,19 @@ def test_prompt_space():
      SceneSpec("position", (ObjectSpec("triangle"), ObjectSpec("circle")), "below")),
     ("a red circle and a blue square",
      SceneSpec("color_attr", (ObjectSpec("circle", "red"), ObjectSpec("square", "blue")))),
+    ("a small circle", SceneSpec("single_object", (ObjectSpec("circle", None, 1, "small"),))),
+    ("a big red cross", SceneSpec("colors", (ObjectSpec("cross", "red", 1, "big"),))),
+    ("a small diamond and a big square",
+     SceneSpec("two_object", (ObjectSpec("diamond", None, 1, "small"),
+                              ObjectSpec("square", None, 1, "big")))),
+    ("a red circle above a blue circle",
+     SceneSpec("position", (ObjectSpec("circle", "red"), ObjectSpec("circle", "blue")), "above")),
+    ("a white cross left of a white diamond",
+     SceneSpec("position", (ObjectSpec("cross", "white"), ObjectSpec("diamond", "white")),
+               "left of")),
+    ("a red circle and a green circle",
+     SceneSpec("color_attr", (ObjectSpec("circle", "red"), ObjectSpec("circle", "green")))),
+    ("four crosses", SceneSpec("counting", (ObjectSpec("cross", None, 4),))),
 ])
 def test_parse_examples(prompt, spec):
     assert parse(prompt) == spec
@@ -83,6 +102,8 @@ def test_unknown_word_names_the_word():
     assert "a, above, and" in str(e.value) and "use one of these words" in str(e.value)
     with pytest.raises(UserError, match="'five'"):
         parse("five circles")
+    with pytest.raises(UserError, match="'huge'"):
+        parse("a huge circle")
 
 
 @pytest.mark.parametrize("bad", [
@@ -91,6 +112,12 @@ def test_unknown_word_names_the_word():
     "a red circle left of a square", "a circle left a square", "a circle of a square",
     "a circle and a square and a triangle", "a a circle", "a circle circle", "two circles red",
     "two red blue circles", "one red circles",
+    # v2: sizes only with single objects, colours and uncoloured pairs; counts take none;
+    # same-shape pairs need two colours; a colour binding needs two colours
+    "two small circles", "a small red circle and a blue square", "a small circle left of a square",
+    "a red circle left of a red circle", "a circle left of a circle", "a red circle and a red circle",
+    "a small big circle", "a red small circle", "a circle and a small circle", "one crosss",
+    "two cross",
 ])
 def test_bad_grammar_raises_user_error(bad):
     with pytest.raises(UserError):
@@ -117,23 +144,42 @@ def test_random_prompt():
 
 
 def test_prompt_lists():
-    train, heldout = load_prompts("train"), load_prompts("heldout")
-    for rows in (train, heldout):
+    train, heldout, unseen = (load_prompts(s) for s in ("train", "heldout", "unseen"))
+    for rows in (train, heldout, unseen):
         assert all(parse(p).category == c for p, c in rows)
         assert len({p for p, _ in rows}) == len(rows)
-    tp, hp = {p for p, _ in train}, {p for p, _ in heldout}
-    assert not tp & hp
+    tp, hp, up = ({p for p, _ in rows} for rows in (train, heldout, unseen))
+    assert not tp & hp and not tp & up and not hp & up
+    assert tp | hp | up == set(all_prompts())
     assert {w for p in tp for w in p.split()} == set(vocabulary())  # every word in train
-    assert {c for _, c in train} == {c for _, c in heldout} == set(CATEGORIES)
-    for c in CATEGORIES:  # every category held out, never more than 10, most kept for train
-        n_held = sum(k == c for _, k in heldout)
-        assert 1 <= n_held <= 10 and n_held < sum(k == c for _, k in train)
-    mirror = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
-    for p, c in heldout:
-        if c == "position":  # both phrasings of a held-out scene are held out
-            spec = parse(p)
-            a, b = spec.objects
-            assert f"a {b.shape} {mirror[spec.relation]} a {a.shape}" in hp
+    assert len(heldout) >= 150 and len(up) >= 0.4 * len(all_prompts())
+    for c in CATEGORIES:  # at least 15 held out per category
+        assert sum(k == c for _, k in heldout) >= 15
+    for rows, names in ((train, tp), (heldout, hp), (unseen, up)):
+        for p, c in rows:  # both phrasings of a position scene are in the same list
+            if c == "position":
+                spec = parse(p)
+                a, b = spec.objects
+                mirror = {"left of": "right of", "right of": "left of", "above": "below",
+                          "below": "above"}[spec.relation]
+                assert f"{b.text()} {mirror} {a.text()}" in names
+
+
+def test_make_split_is_seeded_and_covers_the_grammar():
+    a, b, c = make_split(0), make_split(0), make_split(1)
+    assert a == b and a.heldout != c.heldout
+    assert (a.train, a.heldout) == (load_prompts("train"), load_prompts("heldout"))
+    for s in (a, c):
+        lists = [{p for p, _ in rows} for rows in s.as_dict().values()]
+        assert sum(map(len, lists)) == len(all_prompts()) == len(set.union(*lists))
+    small = make_split(3, heldout_per_category=4, train_fraction=0.9)
+    assert sum(c == "two_object" for _, c in small.heldout) == 4
+    assert len(small.unseen) < len(a.unseen)
+    assert scene_key("a circle left of a square") == scene_key("a square right of a circle")
+    with pytest.raises(UserError, match="train_fraction"):
+        make_split(0, train_fraction=0)
+    with pytest.raises(UserError, match="heldout_per_category"):
+        make_split(0, heldout_per_category=0)
 
 
 def test_prompt_files_are_current():
@@ -144,5 +190,5 @@ def test_prompt_files_are_current():
 
 
 def test_unknown_split():
-    with pytest.raises(UserError, match="unknown prompt split 'test'"):
+    with pytest.raises(UserError, match="unknown prompt split 'test'.*train, heldout, unseen"):
         load_prompts("test")

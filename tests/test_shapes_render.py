@@ -10,7 +10,7 @@ import torch
 from tempflow.errors import UserError
 from tempflow.shapes import (BACKGROUND, COLORS, SHAPES, all_prompts, parse, perturb,
                              random_prompt, render, render_batch, sample_layout)
-from tempflow.shapes.grammar import position_margin
+from tempflow.shapes.grammar import position_margin, size_class_bounds
 from tempflow.shapes.verify import relation_holds
 
 R = importlib.import_module("tempflow.shapes.render")  # the package re-exports render()
@@ -25,11 +25,10 @@ def _palette_only(img: np.ndarray) -> bool:
 def _check_layout(prompt, objs, size):
     spec = parse(prompt)
     assert sorted(o.shape for o in objs) == sorted(s for s, _ in spec.expected())
-    for o, (shape, color) in zip(objs, spec.expected()):
-        assert o.shape == shape and (color is None or o.color == color)
-    lo, hi = R.object_size_range(size)
     gap = R.min_gap(size)
-    for o in objs:
+    for o, want in zip(objs, spec.expected_objects()):
+        assert o.shape == want.shape and (want.color is None or o.color == want.color)
+        lo, hi = R.object_size_range(size, want.size)
         assert lo <= o.s <= hi and o.color in COLORS
         assert 1 <= o.x0 and o.x0 + o.s <= size - 1 and 1 <= o.y0 and o.y0 + o.s <= size - 1
     for a, b in [(a, b) for i, a in enumerate(objs) for b in objs[i + 1:]]:
@@ -51,13 +50,20 @@ def test_render_format_and_palette(size):
 
 
 def test_object_sizes_scale_with_canvas():
-    assert R.object_size_range(32) == (7, 11)
-    assert R.object_size_range(64) == (14, 22)
-    assert R.object_size_range(24)[0] >= 7
+    assert R.object_size_range(32) == (8, 11)
+    assert R.object_size_range(64) == (16, 22)
+    assert R.object_size_range(24)[0] >= 8
+    assert R.object_size_range(32, "small") == (8, 8) and R.object_size_range(32, "big") == (12, 13)
+    small_max, big_min = size_class_bounds(32)
+    assert R.object_size_range(32, "small")[1] < small_max < R.object_size_range(32)[1]
+    assert R.object_size_range(32)[1] < big_min < R.object_size_range(32, "big")[0]
     masks = {s: R.shape_mask(s, 9) for s in SHAPES}
     assert masks["square"].all() and 0.7 < masks["circle"].mean() < 0.9
     assert 0.45 < masks["triangle"].mean() < 0.6
     assert masks["triangle"][-1].all() and masks["triangle"][0].sum() == 1  # apex up
+    d, x = masks["diamond"], masks["cross"]
+    assert d[4].all() and d[:, 4].all() and d[0].sum() == d[-1].sum() == 1  # corners at mid-edges
+    assert x[4].all() and x[:, 4].all() and x[0].sum() == 3 and not x[0, 0]  # arms 3 px wide
 
 
 @pytest.mark.parametrize("size", [20, 24, 32, 64])

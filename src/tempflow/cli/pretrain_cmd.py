@@ -21,6 +21,10 @@ def add_parser(sub) -> None:
                    help=f"write the model and a resumable state every this many steps (default {d.save_every})")
     p.add_argument("--sigma-sampling", choices=("uniform", "logit_normal"), default=d.sigma_sampling,
                    help=f"how training noise levels are drawn (default {d.sigma_sampling})")
+    p.add_argument("--sigma-mean", type=A.number(-10.0, hi=10.0), default=d.sigma_mean,
+                   help=f"logit_normal: mean of the normal before the sigmoid (default {d.sigma_mean:g})")
+    p.add_argument("--sigma-std", type=A.number(0, strict=True, hi=10.0), default=d.sigma_std,
+                   help=f"logit_normal: its standard deviation (default {d.sigma_std:g})")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--layers", type=A.int_in(1, 64), default=None,
                    help="transformer layers (architecture; default the shipped model's)")
@@ -39,7 +43,8 @@ def run(args) -> int:
         model = ShapesModelConfig(vocab=vocabulary(), num_layers=args.layers)
     cfg = PretrainConfig(out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                          seed=args.seed, save_every=args.save_every,
-                         sigma_sampling=args.sigma_sampling, model=model)
+                         sigma_sampling=args.sigma_sampling, sigma_mean=args.sigma_mean,
+                         sigma_std=args.sigma_std, model=model)
     out = pretrain(cfg, resume=args.resume)
     print(f"wrote {out}")
     return 0

@@ -24,6 +24,11 @@ class PretrainConfig:
     ema_decay: float = 0.999
     caption_dropout: float = 0.1
     sigma_sampling: str = "uniform"  # or "logit_normal" (SD3's choice for large latents)
+    sigma_mean: float = 0.0
+    sigma_std: float = 1.0
+    """logit_normal: sigma = sigmoid(N(sigma_mean, sigma_std)). SD3 uses (0, 1); a positive mean
+    favours high noise, which x0-prediction with a velocity loss needs (the loss weighs the x0
+    error by 1 / sigma^2), e.g. (0.8, 0.8) as in Li & He 2025 ("Back to Basics")."""
     grad_clip: float = 1.0
     seed: int = 0
     save_every: int = 500
@@ -40,5 +45,7 @@ class PretrainConfig:
         if self.sigma_sampling not in ("uniform", "logit_normal"):
             raise UserError(f"pretrain: sigma_sampling must be 'uniform' or 'logit_normal', "
                             f"got {self.sigma_sampling!r}")
+        if not self.sigma_std > 0:
+            raise UserError(f"pretrain: sigma_std must be > 0, got {self.sigma_std}")
         if self.lr <= 0:
             raise UserError(f"pretrain: lr must be > 0, got {self.lr}")

@@ -72,9 +72,11 @@ def _read_state(path: Path, cfg: PretrainConfig) -> dict:
     except Exception as e:  # a damaged or foreign file: pickle, zip and key errors alike
         raise UserError(f"{path} cannot be read as a pretraining state ({type(e).__name__}); "
                         f"start a new --out") from None
-    if saved != {k: v for k, v in _plain(asdict(cfg)).items() if k != "steps"}:
+    free = ("steps", "out", "save_every")  # what may change on resume: none alters the result
+    if ({k: v for k, v in saved.items() if k not in free}
+            != {k: v for k, v in _plain(asdict(cfg)).items() if k not in free}):
         raise UserError(f"{path} was made with other options; resume with the same "
-                        f"options (only --steps may grow) or start a new --out")
+                        f"options (only --steps, --out and --save-every may change) or start a new --out")
     return st
 
 
@@ -133,7 +135,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
         if cfg.sigma_sampling == "uniform":
             sigma = torch.rand(cfg.batch_size, generator=gen)
         else:
-            sigma = torch.sigmoid(torch.randn(cfg.batch_size, generator=gen))
+            sigma = torch.sigmoid(cfg.sigma_mean + cfg.sigma_std * torch.randn(cfg.batch_size, generator=gen))
         s = sigma.view(-1, 1, 1, 1)
         x = (1 - s) * x0 + s * eps
         cond = model.encode_prompts(captions, grad=True)

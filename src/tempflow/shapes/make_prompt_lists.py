@@ -1,12 +1,10 @@
-"""Regenerate the fixed prompt lists shapes/prompts/{train,heldout}.txt.
+"""Regenerate the shipped prompt lists shapes/prompts/{train,heldout}.txt.
 
     python -m tempflow.shapes.make_prompt_lists          # rewrite the files (seed 0)
     python -m tempflow.shapes.make_prompt_lists --check  # exit 1 if the files are stale
 
-Held-out prompts are whole prompts never seen in training (every word and colour-shape
-binding does occur in train prompts): about a sixth of each category, at most 10; a held-out
-position scene is held out in both of its phrasings ("a circle left of a square" and "a square
-right of a circle").
+The lists are :func:`tempflow.shapes.make_split` with seed 0 (see tempflow/shapes/splits.py
+for the rules); the grammar's other prompts form the ``unseen`` split.
 """
 
 from __future__ import annotations
@@ -14,49 +12,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-import numpy as np
-
-from tempflow.shapes.grammar import (
-    CATEGORIES, PROMPT_DIR, SHAPES, all_prompts, parse, prompts_of, vocabulary,
-)
+from tempflow.shapes.grammar import CATEGORIES, PROMPT_DIR
+from tempflow.shapes.splits import make_split
 
 SEED = 0
-_MIRROR = {"left of": "right of", "above": "below"}
 
 
 def split_prompts(seed: int = SEED) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """(train, heldout) as [(prompt, category)], deterministic in the seed.
-
-    Held out per category: about a sixth of the prompts (at most 10, at least one), drawn at
-    random; a held-out position scene is held out in both phrasings.
-    """
-    rng = np.random.default_rng(seed)
-    held: dict[str, list[str]] = {}
-    for cat in CATEGORIES:
-        options = prompts_of(cat)
-        if cat == "position":
-            classes = [(x, rel, y) for i, x in enumerate(SHAPES) for y in SHAPES[i + 1:]
-                       for rel in ("left of", "above")]  # 6 scenes, 2 phrasings each
-            held[cat] = []
-            for k in sorted(rng.choice(len(classes), 2, replace=False)):
-                x, rel, y = classes[int(k)]
-                held[cat] += [f"a {x} {rel} a {y}", f"a {y} {_MIRROR[rel]} a {x}"]
-            continue
-        n = max(1, min(10, len(options) // 6))
-        held[cat] = [options[int(i)] for i in sorted(rng.choice(len(options), n, replace=False))]
-    heldout = [(p, c) for c in CATEGORIES for p in held[c]]
-    held_set = {p for p, _ in heldout}
-    train = [(p, parse(p).category) for p in all_prompts() if p not in held_set]
-    _check(train, heldout)
-    return train, heldout
-
-
-def _check(train, heldout) -> None:
-    train_words = {w for p, _ in train for w in p.split()}
-    missing = sorted(set(vocabulary()) - train_words)
-    assert not missing, f"words missing from train: {missing}"
-    assert not {p for p, _ in train} & {p for p, _ in heldout}, "train and heldout overlap"
-    assert {c for _, c in train} == set(CATEGORIES) == {c for _, c in heldout}
+    """(train, heldout) as [(prompt, category)], deterministic in the seed."""
+    split = make_split(seed)
+    return split.train, split.heldout
 
 
 def render_file(rows: list[tuple[str, str]], split: str, seed: int) -> str:

@@ -1,10 +1,11 @@
 """Render shapes-world prompts: hard-edged palette shapes on a plain background.
 
 Objects are axis-aligned in an s x s box (circle of diameter s, square of side s, triangle
-with apex up, base s and height s), s drawn from :func:`object_size_range` (7-11 px at 32 px,
-scaled with the canvas). Boxes keep :func:`min_gap` px between them and 1 px (scaled) from
+with apex up, base s and height s, diamond with its corners at the box's edge midpoints,
+cross (plus sign) with arms s/3 wide), s drawn from :func:`object_size_range` (7-11 px at
+32 px, 7-8 px "small", 12-13 px "big", scaled with the canvas). Boxes keep :func:`min_gap` px between them and 1 px (scaled) from
 the border, so connected components separate the objects. Layouts are sampled by vectorised
-rejection (64 candidates at a time, shrinking the size range on failure) with a grid
+rejection (64 candidates at a time, 256 for four objects, shrinking the size range on failure) with a grid
 fallback, so a valid prompt never fails to render.
 """
 
@@ -50,6 +51,10 @@ def shape_mask(shape: str, s: int) -> np.ndarray:
         m = (xx - s / 2) ** 2 + (yy - s / 2) ** 2 <= (s / 2) ** 2
     elif shape == "triangle":
         m = np.abs(xx - s / 2) <= yy / 2 + 1e-9
+    elif shape == "diamond":
+        m = np.abs(xx - s / 2) + np.abs(yy - s / 2) <= s / 2 + 1e-9
+    elif shape == "cross":
+        m = (np.abs(xx - s / 2) <= s / 6 + 1e-9) | (np.abs(yy - s / 2) <= s / 6 + 1e-9)
     else:
         raise UserError(f"unknown shape {shape!r}: use one of {', '.join(SHAPES)}")
     m.setflags(write=False)
@@ -61,7 +66,7 @@ def _centroid_table(hi: int) -> np.ndarray:
     """[n_shapes, hi + 1, 2] (cx, cy) of each mask's pixel indices inside its box."""
     t = np.zeros((len(SHAPES), hi + 1, 2))
     for k, shape in enumerate(SHAPES):
-        for s in range(1, hi + 1):
+        for s in range(3, hi + 1):  # objects are at least 7 px; a 1-2 px cross is empty
             ys, xs = np.nonzero(shape_mask(shape, s))
             t[k, s] = xs.mean(), ys.mean()
     return t
@@ -87,15 +92,17 @@ def _relation_ok(rel: str, ax, ay, bx, by, main_min: float, ratio: float):
     return (main >= main_min) & (np.abs(other) <= ratio * main)
 
 
-def _grid_layout(n: int, size: int, lo: int, relation: str | None):
-    cell = size // 2
-    cells = [(0, 0), (1, 0), (0, 1), (1, 1)]  # (col, row)
+def _grid_layout(n: int, size: int, lows: list[int], relation: str | None):
+    """Fallback placement on a 2 x 2 grid, each object at the smallest size of its range."""
+    cols = 2
+    cw, ch = size // cols, size // 2
+    cells = [(c, r) for r in range(2) for c in range(cols)]  # (col, row)
     if relation in ("above", "below"):
         cells = [(0, 0), (0, 1)]
     if relation in ("below", "right of"):
         cells = cells[1::-1]
-    off = (cell - lo) // 2
-    return [(c * cell + off, r * cell + off, lo) for c, r in cells[:n]]
+    return [(c * cw + (cw - lo) // 2, r * ch + (ch - lo) // 2, lo)
+            for (c, r), lo in zip(cells[:n], lows)]
 
 
 def sample_layout(spec: SceneSpec | str, rng: np.random.Generator,
@@ -104,25 +111,27 @@ def sample_layout(spec: SceneSpec | str, rng: np.random.Generator,
     spec = parse(spec)
     if not 20 <= size <= 512:
         raise UserError(f"canvas size {size} is out of range: use 20..512 px (24-64 tested)")
-    expected = spec.expected()
+    expected = spec.expected_objects()
     n = len(expected)
-    colors = [c if c is not None else _COLOR_NAMES[int(rng.integers(len(_COLOR_NAMES)))]
-              for _, c in expected]
-    shape_idx = np.array([SHAPES.index(s) for s, _ in expected])
-    lo, hi = object_size_range(size)
+    colors = [o.color if o.color is not None else
+              _COLOR_NAMES[int(rng.integers(len(_COLOR_NAMES)))] for o in expected]
+    shape_idx = np.array([SHAPES.index(o.shape) for o in expected])
+    ranges = np.array([object_size_range(size, o.size) for o in expected])  # [n, 2]
+    lo, hi = ranges[:, 0], ranges[:, 1]
     gap, border = min_gap(size), _border(size)
     step = lattice_step(size)
-    table = _centroid_table(hi)
+    table = _centroid_table(int(hi.max()))
     margin = position_margin(size)
     boxes = None
-    for shrink in range(hi - lo + 1):
-        top = hi - shrink
-        s = rng.integers(lo, top + 1, size=(_CANDIDATES, n))
+    for shrink in range(int((hi - lo).max()) + 1):
+        top = np.maximum(lo, hi - shrink)
+        k_cand = _CANDIDATES << max(0, 2 * (n - 3))  # 64 (up to 3 objects), 256 (4)
+        s = rng.integers(lo, top + 1, size=(k_cand, n))
         # box corners on a lattice of `step` px: few distinct layouts, which a small
         # generator learns far faster than continuous placement
         x = border + step * rng.integers(0, (size - border - s - border) // step + 1)
         y = border + step * rng.integers(0, (size - border - s - border) // step + 1)
-        ok = np.ones(_CANDIDATES, dtype=bool)
+        ok = np.ones(k_cand, dtype=bool)
         xe, ye = x + s + gap, y + s + gap  # box ends plus the gap
         for i in range(n):
             for j in range(i + 1, n):
@@ -139,11 +148,11 @@ def sample_layout(spec: SceneSpec | str, rng: np.random.Generator,
             boxes = [(int(x[k, i]), int(y[k, i]), int(s[k, i])) for i in range(n)]
             break
     if boxes is None:
-        boxes = _grid_layout(n, size, lo, spec.relation)
+        boxes = _grid_layout(n, size, [int(v) for v in lo], spec.relation)
     out = []
-    for (shape, _), color, (x0, y0, s0) in zip(expected, colors, boxes):
-        cx, cy = table[SHAPES.index(shape), s0]
-        out.append(PlacedObject(shape, color, x0, y0, s0, float(x0 + cx), float(y0 + cy)))
+    for o, color, (x0, y0, s0) in zip(expected, colors, boxes):
+        cx, cy = table[SHAPES.index(o.shape), s0]
+        out.append(PlacedObject(o.shape, color, x0, y0, s0, float(x0 + cx), float(y0 + cy)))
     return out
 
 
