@@ -37,5 +37,5 @@ def test_preset_and_defaults():
 
     from tempflow.config import TrainConfig, load_config
     root = Path(__file__).resolve().parents[1]
-    assert TrainConfig().train.ema_warmup is False
+    assert TrainConfig().train.ema_warmup is True
     assert load_config(root / "configs/sd35m-geneval-tempflow.yaml", []).train.ema_warmup is True

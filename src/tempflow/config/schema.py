@@ -111,7 +111,7 @@ class SamplingConfig(_Section):
     """SDE noise level a (0.7 for SD3.5-M, 0.9 for FLUX)."""
     train_fraction: float = 0.99
     """Trained steps are the first floor(train_fraction * steps)."""
-    eval_steps: int = 20
+    eval_steps: int = 10
     """ODE steps for evaluation images."""
 
     def _check(self) -> None:
@@ -196,7 +196,7 @@ class OptimConfig(_Section):
     """The optimisation loop: iterations, batches, AdamW, EMA."""
 
     _prefix: ClassVar[str] = "train."
-    iterations: int = 240
+    iterations: int = 90
     """Iterations (sample, score, train)."""
     prompts_per_iteration: int = 4
     """Prompts sampled per iteration (over all processes)."""
@@ -217,7 +217,7 @@ class OptimConfig(_Section):
     """EMA decay of the trainable weights."""
     ema_every: int = 8
     """EMA update every this many optimizer steps; 0 disables EMA."""
-    ema_warmup: bool = False
+    ema_warmup: bool = True
     """Decay min((1 + t) / (10 + t), ema_decay) at the t-th EMA update (the published code's warm-up, so early EMA weights are not held near the base); false: constant ema_decay (the shapes preset: on this small model the constant decay's averaging of noisy updates is what keeps the demo's evaluated weights improving)."""
     seed: int = 0
     """Seed for prompts, noise and branch points."""
@@ -326,11 +326,11 @@ class RunConfig(_Section):
     _prefix: ClassVar[str] = "run."
     out: str = "runs/shapes-tempflow"
     """Run folder (config, logs, checkpoints, images)."""
-    eval_every: int = 60
+    eval_every: int = 90
     """Evaluate every this many iterations; 0 disables."""
-    eval_images_per_prompt: int = 8
+    eval_images_per_prompt: int = 16
     """Evaluation images per held-out prompt."""
-    save_every: int = 60
+    save_every: int = 30
     """Save a full-state checkpoint (and the LoRA) every this many iterations and at the end; 0: only at the end."""
     keep_checkpoints: int = 3
     """Full-state checkpoints kept in checkpoints/ (older ones are deleted)."""
