@@ -68,7 +68,7 @@ def _read_state(path: Path, cfg: PretrainConfig) -> dict:
     the file); UserError if it is unreadable or was made with other options."""
     try:
         st = torch.load(path, map_location="cpu", weights_only=True)
-        saved = {k: v for k, v in st["config"].items() if k != "steps"}
+        saved = dict(st["config"])
     except Exception as e:  # a damaged or foreign file: pickle, zip and key errors alike
         raise UserError(f"{path} cannot be read as a pretraining state ({type(e).__name__}); "
                         f"start a new --out") from None
