@@ -1,0 +1,82 @@
+"""Options orthogonal to the rollout scheme: step weights (exact values on a small schedule),
+tied groups, the stochastic step type, and their config validation."""
+
+import math
+
+import pytest
+import torch
+
+from tempflow.config import TrainConfig, load_config
+from tempflow.errors import UserError
+from tempflow.grpo import group_advantages
+from tempflow.schemes import build_scheme, step_weight_table
+from tempflow.training.scoring import reward_advantages
+
+# T = 4, no shift: sigma = 1, .75, .5, .25, 0; a = 0.5; trained steps 0, 1, 2
+SIG = torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0])
+R3 = math.sqrt(3)
+
+
+def weights(kind, power=1.0):
+    cfg = TrainConfig(sampling={"steps": 4, "train_fraction": 0.75, "noise_level": 0.5},
+                      algorithm={"step_weight": kind, "weight_power": power})
+    w = build_scheme(cfg, SIG).weight_table
+    torch.testing.assert_close(w, step_weight_table(kind, SIG, 0.5, [0, 1, 2], power))
+    return w
+
+
+def test_step_weights_by_hand():
+    # g_j = a sqrt(sigma_j / (1 - sigma_j')) (sigma_0' = sigma_1): 1, sqrt(3) / 2, 1 / 2;
+    # sqrt(-dt_j) = 1 / 2, so s_j = 1 / 2, sqrt(3) / 4, 1 / 4 and sum(s) = (3 + sqrt 3) / 4
+    torch.testing.assert_close(weights("none"), torch.ones(3))
+    torch.testing.assert_close(weights("tempflow"), torch.tensor([3 - R3, 1.5 * (R3 - 1), (3 - R3) / 2]))
+    # s_j^2 = 1/4, 3/16, 1/16 (mean 1/6)
+    torch.testing.assert_close(weights("power", 2.0), torch.tensor([1.5, 1.125, 0.375]))
+    torch.testing.assert_close(weights("power", 0.0), torch.ones(3))
+    # c_j = sqrt(-dt) / g + g sqrt(-dt) (1 - sigma) / (2 sigma) = 1/2, 3 sqrt(3) / 8, 9 / 8
+    inv = torch.tensor([2.0, 8 / (3 * R3), 8 / 9])
+    torch.testing.assert_close(weights("flash"), inv / inv.mean())
+
+
+def test_old_weighting_flag_maps_to_step_weight():
+    assert load_config(None, ["algorithm.weighting=false"]).algorithm.step_weight == "none"
+    assert load_config(None, ["algorithm.weighting=true"]).algorithm.step_weight == "tempflow"
+    assert "contradict" in str(pytest.raises(UserError, load_config, None,
+                                             ["algorithm.weighting=false", "algorithm.step_weight=power"]).value)
+
+
+def test_tied_groups_drop_or_zeros():
+    r = torch.tensor([1.0, 1.0, 2.0, 4.0, float("nan"), 3.0])
+    g = torch.tensor([0, 0, 1, 1, 1, 2])   # group 0 ties, group 2 has one reward
+    drop = group_advantages(r, g, clip=None)
+    zeros = group_advantages(r, g, clip=None, tied="zeros")
+    assert drop.valid.tolist() == [False, False, True, True, False, False]
+    assert zeros.valid.tolist() == [True, True, True, True, False, True]
+    torch.testing.assert_close(zeros.advantages, drop.advantages)
+    assert zeros.advantages.tolist()[:2] == [0.0, 0.0] and zeros.advantages[5] == 0
+    assert drop.frac_zero_std == zeros.frac_zero_std == pytest.approx(2 / 3)
+    # the trainer's path, one reward and several
+    _, a = reward_advantages({"r": r}, {"r": 1.0}, g, "sum_then_normalise", tied="zeros")
+    assert a.valid.tolist() == zeros.valid.tolist()
+    _, a = reward_advantages({"r": r, "q": r}, {"r": 1.0, "q": 1.0}, g, "normalise_then_sum", tied="zeros")
+    assert a.valid.tolist() == zeros.valid.tolist()
+    with pytest.raises(ValueError):
+        group_advantages(r, g, tied="keep")
+
+
+def test_option_fields_are_validated():
+    cfg = load_config(None, ["sampling.sde_type=cps", "algorithm.tied_groups=zeros"])
+    assert (cfg.sampling.sde_type, cfg.algorithm.tied_groups) == ("cps", "zeros")
+    assert TrainConfig().sampling.sde_type == "sde" and TrainConfig().algorithm.tied_groups == "drop"
+    for bad, field in [(["sampling.sde_type=ode"], "sampling.sde_type"),
+                       (["sampling.sde_type=cps", "sampling.noise_level=1.5"], "sampling.noise_level"),
+                       (["algorithm.step_weight=flat"], "algorithm.step_weight"),
+                       (["algorithm.tied_groups=keep"], "algorithm.tied_groups"),
+                       (["algorithm.scheme=single_step", "algorithm.sde_step=9"], "algorithm.sde_step"),
+                       (["algorithm.scheme=sde_window", "algorithm.window_size=10"], "algorithm.window_size"),
+                       (["algorithm.scheme=sde_window", "algorithm.window_start=8"], "algorithm.window_start"),
+                       (["algorithm.window_size=0"], "algorithm.window_size")]:
+        with pytest.raises(UserError, match=field.replace(".", r"\.")):
+            load_config(None, bad)
+    # scheme-specific settings are only checked for their scheme
+    assert load_config(None, ["algorithm.sde_step=9"]).algorithm.sde_step == 9
