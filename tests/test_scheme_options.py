@@ -80,3 +80,17 @@ def test_option_fields_are_validated():
             load_config(None, bad)
     # scheme-specific settings are only checked for their scheme
     assert load_config(None, ["algorithm.sde_step=9"]).algorithm.sde_step == 9
+
+
+def test_resume_reads_a_run_recorded_with_the_old_fields():
+    from tempflow.training.resume import check_config_unchanged, config_record
+
+    cfg = load_config(None, ["algorithm.branching=false", "algorithm.weighting=true"])
+    old = config_record(cfg)["config"]   # as an older tempflow recorded it: no new keys
+    for key in ("scheme", "step_weight", "weight_power", "tied_groups", "sde_step", "window_size", "window_start"):
+        del old["algorithm"][key]
+    del old["sampling"]["sde_type"]
+    old["algorithm"].update(branching=False, weighting=True)
+    check_config_unchanged(old, cfg, "checkpoint c")                      # the same run
+    with pytest.raises(UserError, match="algorithm.scheme"):
+        check_config_unchanged(old, load_config(None, []), "checkpoint c")  # another algorithm
