@@ -94,3 +94,61 @@ def test_resume_reads_a_run_recorded_with_the_old_fields():
     check_config_unchanged(old, cfg, "checkpoint c")                      # the same run
     with pytest.raises(UserError, match="algorithm.scheme"):
         check_config_unchanged(old, load_config(None, []), "checkpoint c")  # another algorithm
+
+
+# ---------------------------------------------------------------------------- branch-point policies
+
+def branching(policy="adaptive", **algorithm):
+    from tempflow.sampling import flow_sigmas
+
+    cfg = TrainConfig(sampling={"steps": 6}, algorithm={"branch_points": 2, "branch_policy": policy,
+                                                        "num_branches": 2, **algorithm})
+    return build_scheme(cfg, flow_sigmas(6, 3.0))
+
+
+def test_early_policy_draws_in_proportion_to_the_transition_std():
+    from tempflow.config import BranchPointSpec
+    from tempflow.sampling import flow_sigmas, sde_std
+
+    s = branching("early")
+    sig = flow_sigmas(6, 3.0)
+    torch.testing.assert_close(torch.tensor(s.scores()), sde_std(sig[:5], sig[1:6], 0.7)[1])
+    spec = BranchPointSpec((0, 1, 2), 1, "early")
+    gen = torch.Generator().manual_seed(0)
+    assert {spec.draw(gen, [1.0, 1e-12, 1e-12])[0] for _ in range(20)} == {0}
+    counts = torch.zeros(3)
+    for i in range(2000):
+        counts[spec.draw(torch.Generator().manual_seed(i), [3.0, 1.0, 0.0001])[0]] += 1
+    assert abs(counts[0] / 2000 - 0.75) < 0.04 and counts[2] < 5
+    with pytest.raises(ValueError):
+        spec.draw(gen)        # the policy needs scores
+    assert len(set(s.plan(3))) == 2 and s.plan(3) == s.plan(3)
+
+
+def test_adaptive_policy_running_reward_std():
+    s = branching(adaptive_decay=0.5)
+    assert s.scores() == [1.0] * 5 and s.state_dict() == {"std_mean": [None] * 5}
+    nan = float("nan")
+    # layout [S = 2 seeds, P = 2 points (0, 2), K = 2]: stds 0.5, 0 | 1.5, (one finite reward)
+    r = torch.tensor([0.0, 1.0, 1.0, 1.0, 0.0, 3.0, nan, 2.0])
+    s.observe([0, 2], r, torch.zeros(8))
+    assert s.std_mean == [1.0, None, 0.0, None, None]
+    s.observe([0, 4], torch.tensor([0.0, 4.0, 1.0, 1.0]), torch.zeros(4))   # std 2 at j = 0, 0 at j = 4
+    assert s.std_mean == [0.5 * 1.0 + 0.5 * 2.0, None, 0.0, None, 0.0]
+    # never measured: the largest measured; floor 5% of the largest
+    assert s.scores() == pytest.approx([1.5, 1.5, 0.075, 1.5, 0.075])
+    t = branching(adaptive_decay=0.5)
+    t.load_state_dict(s.state_dict())
+    assert t.std_mean == s.std_mean and t.plan(7) == s.plan(7)
+    assert branching("uniform").state_dict() == {}
+
+
+def test_branch_policy_needs_random_branch_points():
+    with pytest.raises(UserError, match="algorithm.branch_policy"):
+        load_config(None, ["algorithm.branch_policy=early", "algorithm.branch_points=all"])
+    with pytest.raises(UserError, match="algorithm.adaptive_decay"):
+        load_config(None, ["algorithm.adaptive_decay=1"])
+    # the uniform policy draws as before
+    from tempflow.config import BranchPointSpec
+    assert BranchPointSpec((0, 1, 2, 3), 2).draw(torch.Generator().manual_seed(0)) == \
+        BranchPointSpec((0, 1, 2, 3), 2, "uniform").draw(torch.Generator().manual_seed(0))

@@ -178,6 +178,13 @@ class AlgorithmConfig(_Section):
     """Branching: SDE branches K per (seed, branch point)."""
     branch_points: Literal["all"] | list[int] | int = 3
     """Branching: 'all' trained steps, a list of steps, or r = r random trained steps per iteration."""
+    branch_policy: Literal["uniform", "early", "adaptive"] = "uniform"
+    """Branching with r random branch points: how they are drawn: uniform, early (P(j) proportional
+    to the transition std s_j, higher for early noisy steps) or adaptive (P(j) proportional to a
+    running mean of step j's measured reward std across a seed's K branches)."""
+    adaptive_decay: float = 0.9
+    """branch_policy adaptive: the running mean's decay, m_j <- d m_j + (1 - d) std_j per iteration
+    that branches at j."""
     continuation_steps: int | None = None
     """Branching: ODE steps of each branch's continuation to sigma = 0 for its reward, over evenly
     spaced sigmas of the schedule (null: every remaining step). Fewer is cheaper, coarser images."""
@@ -218,6 +225,8 @@ class AlgorithmConfig(_Section):
                        "a non-empty list of distinct steps >= 0", "write trained step indices, e.g. [0, 2, 4]")
         elif isinstance(bp, int):
             self._need("branch_points", bp >= 1, ">= 1", "an integer r draws r random branch points")
+        self._need("adaptive_decay", 0 <= self.adaptive_decay < 1, "in [0, 1)",
+                   "it is the running mean's decay (0: the last iteration's std only)")
         if self.continuation_steps is not None:
             self._need("continuation_steps", self.continuation_steps >= 1, ">= 1 or null",
                        "null continues every branch through all remaining steps")
@@ -445,6 +454,9 @@ class TrainConfig(_Section):
         if isinstance(bp, int) and bp > n:
             raise UserError(f"algorithm.branch_points must be in 1..{n} (got {bp}): it draws that "
                             f"many of the {n} trained steps each iteration")
+        if a.branch_policy != "uniform" and not isinstance(bp, int):
+            raise UserError(f"algorithm.branch_policy {a.branch_policy!r} needs algorithm.branch_points "
+                            f"to be a number r of steps to draw (got {bp!r}); 'all' and lists draw nothing")
 
     def trained_steps(self) -> list[int]:
         """Indices of the trained sampling steps, [0, ..., floor(train_fraction * steps) - 1]."""
@@ -459,4 +471,5 @@ class TrainConfig(_Section):
             return BranchPointSpec(tuple(self.trained_steps()))
         if isinstance(bp, list):
             return BranchPointSpec(tuple(sorted(bp)))
-        return BranchPointSpec(tuple(self.trained_steps()), None if bp == len(self.trained_steps()) else bp)
+        return BranchPointSpec(tuple(self.trained_steps()), None if bp == len(self.trained_steps()) else bp,
+                               self.algorithm.branch_policy)

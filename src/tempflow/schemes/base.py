@@ -113,6 +113,10 @@ class RolloutScheme(ABC):
         weight of each planned step (weight/step<j>)."""
         return {f"weight/step{j}": float(w) for j, w in zip(plan, self.step_weights(plan))}
 
+    def observe(self, plan: list[int], rewards: Tensor, groups: Tensor) -> None:
+        """Learn from the iteration's rewards [N_global] (NaN: failed) and groups [N_global],
+        after scoring and before the next :meth:`plan` (default: nothing)."""
+
     def state_dict(self) -> dict:
         """Running state an exact resume needs (none by default)."""
         return {}

@@ -115,6 +115,7 @@ class Trainer:
             mine = slice(self.dist.rank * len(rewards), (self.dist.rank + 1) * len(rewards))
             advantages, valid = adv.advantages[mine], adv.valid[mine]
             self.last_batch = {"rewards": all_r, "groups": all_g, "advantages": adv.advantages}
+            scheme.observe(plan, all_r, all_g)  # e.g. adaptive branch points learn where rewards spread
         batch = scheme.transitions(samples, advantages, valid)
         keys = scheme.start_keys(positions, plan)  # global ids of this process's start states
         # 4. train; not on a non-finite rollout (its rewards and log-probs mean nothing)
@@ -227,13 +228,14 @@ class Trainer:
     def state_dict(self) -> dict:
         """What an exact resume needs besides the config and the random generators:
         params / ema (name -> tensor: trainable weights, EMA shadow), ema_steps, optimizer,
-        reward_failure_streak (iterations in a row whose rewards all failed)."""
+        reward_failure_streak (iterations in a row whose rewards all failed), scheme (the rollout
+        scheme's running state, e.g. adaptive branch-point statistics)."""
         params = self._named_trainable()
         return {"params": {n: p.detach().clone() for n, p in params.items()},
                 "ema": {n: s.clone() for n, s in zip(params, self.ema.shadow)},
                 "ema_steps": self.ema.steps,  # DeepSpeed's partitioned state is not saved (no resume)
                 "optimizer": self.optimizer.state_dict() if self.engine.name != "deepspeed" else {},
-                "reward_failure_streak": self.failures.streak}
+                "reward_failure_streak": self.failures.streak, "scheme": self.scheme.state_dict()}
 
     def load_state_dict(self, sd: dict, source: str = "checkpoint") -> None:
         """Restore :meth:`state_dict`; UserError naming ``source`` if the weights do not fit."""
@@ -255,6 +257,7 @@ class Trainer:
         self.ema.steps = int(sd["ema_steps"])
         self.optimizer.load_state_dict(sd["optimizer"])
         self.failures.streak = int(sd.get("reward_failure_streak", 0))
+        self.scheme.load_state_dict(sd.get("scheme", {}))
 
     @contextmanager
     def _timed(self, times: dict, key: str):
