@@ -129,4 +129,5 @@ class BranchingScheme(RolloutScheme):
         """adv_std/step<j>: std of the advantages at branch point j over all seeds and branches
         (how much signal each step's groups carry), and weight/step<j>."""
         per_step = advantages.view(-1, len(plan), self.cfg.algorithm.num_branches).std(dim=(0, 2))
-        return {**{f"adv_std/step{j}": float(v) for j, v in zip(plan, per_step)}, **super().log_record(plan, advantages)}
+        return {**{f"adv_std/step{j}": float(v) for j, v in zip(plan, per_step)},
+                **super().log_record(plan, advantages)}
