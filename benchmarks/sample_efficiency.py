@@ -39,10 +39,10 @@ except ImportError:  # running from a checkout without installing
 from tempflow.utils.child_process import run_pool, threads_per_job  # noqa: E402
 
 ABLATION = {
-    "flowgrpo": ["algorithm.branching=false", "algorithm.weighting=false"],
-    "branching-only": ["algorithm.branching=true", "algorithm.weighting=false"],
-    "weighting-only": ["algorithm.branching=false", "algorithm.weighting=true"],
-    "tempflow": ["algorithm.branching=true", "algorithm.weighting=true"],
+    "flowgrpo": ["algorithm.scheme=flow_grpo", "algorithm.step_weight=none"],
+    "branching-only": ["algorithm.scheme=branching", "algorithm.step_weight=none"],
+    "weighting-only": ["algorithm.scheme=flow_grpo", "algorithm.step_weight=tempflow"],
+    "tempflow": ["algorithm.scheme=branching", "algorithm.step_weight=tempflow"],
 }
 CHEAPER = {
     "tempflow-r1": ABLATION["tempflow"] + ["algorithm.branch_points=1"],
@@ -108,7 +108,7 @@ def run_all(args) -> None:
         launch[variant] = {"jobs": args.jobs, "threads_per_run": threads_per_job(args.jobs), "cpus": os.cpu_count()}
     (out / "launch.json").write_text(json.dumps(launch, indent=1) + "\n")
     # the costliest runs first, so the last ones to finish are short
-    pending.sort(key=lambda p: not p[2].algorithm.branching or p[2].algorithm.branch_points == "all",
+    pending.sort(key=lambda p: p[2].algorithm.scheme != "branching" or p[2].algorithm.branch_points == "all",
                  reverse=True)
     tasks = []
     for variant, seed, _ in pending:

@@ -180,7 +180,7 @@ def test_cli_arguments_never_give_a_traceback(world, stubs, argv):
 
 SECTIONS = {"model": ["name", "resolution", "dtype", "lora", "gradient_checkpointing"],
             "sampling": ["steps", "shift", "guidance_scale", "noise_level", "train_fraction", "eval_steps"],
-            "algorithm": ["branching", "weighting", "group_size", "num_branches", "branch_points",
+            "algorithm": ["scheme", "branching", "weighting", "step_weight", "group_size", "num_branches", "branch_points",
                           "continuation_steps", "std", "beta"],
             "train": ["iterations", "lr", "ema_decay", "seed", "minibatches"],
             "reward": ["name", "kwargs", "components", "combine", "score_chunks"],

@@ -47,7 +47,7 @@ def test_shapes_tempflow_preset_is_the_defaults():
 def test_shapes_flowgrpo_preset_changes_only_the_algorithm():
     a = load_config(ROOT / "configs/shapes-tempflow.yaml", [])
     b = load_config(ROOT / "configs/shapes-flowgrpo.yaml", [])
-    assert diff_configs(a, b) == ["algorithm.branching", "algorithm.weighting", "algorithm.beta",
+    assert diff_configs(a, b) == ["algorithm.scheme", "algorithm.step_weight", "algorithm.beta",
                                   "algorithm.kl_std", "run.out"]
     assert (b.algorithm.beta, b.algorithm.kl_std, b.algorithm.group_size) == (0.4, "g", 8)
 
@@ -68,7 +68,7 @@ def test_sd35m_presets_follow_the_paper():
     pick = load_config(ROOT / "configs/sd35m-pickscore-tempflow.yaml", [])
     assert (pick.reward.name, pick.algorithm.beta) == ("pickscore", 0.001)
     flow = load_config(ROOT / "configs/sd35m-geneval-flowgrpo.yaml", [])
-    assert diff_configs(cfg, flow) == ["algorithm.branching", "algorithm.weighting", "algorithm.beta",
+    assert diff_configs(cfg, flow) == ["algorithm.scheme", "algorithm.step_weight", "algorithm.beta",
                                        "algorithm.kl_std", "run.out"]
 
 
@@ -98,7 +98,7 @@ def test_overrides_of_each_kind():
                              "algorithm.branching=false", "train.lr=1e-4", "model.lora=null",
                              "sampling.shift=2", "prompts.train=shapes:heldout", "run.out=runs/x=y",
                              "reward.kwargs.url=http://h:80/a?b=c", "reward.kwargs.n=3"])
-    assert cfg.algorithm.branch_points == [0, 2, 4] and cfg.algorithm.branching is False
+    assert cfg.algorithm.branch_points == [0, 2, 4] and cfg.algorithm.scheme == "flow_grpo"
     assert cfg.sampling.guidance_scale == 4.5 and cfg.model.lora is None
     assert cfg.train.lr == 1e-4 and type(cfg.train.lr) is float
     assert cfg.sampling.shift == 2.0 and type(cfg.sampling.shift) is float   # int accepted for float
@@ -192,8 +192,26 @@ def test_error_message_has_value_and_fix():
         "algorithm.num_branches must be >= 2 (got 1): branching needs at least two branches to compare")
 
 
+def test_old_boolean_fields_map_to_scheme_and_step_weight():
+    for old, new in [(["algorithm.branching=false"], ("flow_grpo", "tempflow")),
+                     (["algorithm.branching=true", "algorithm.weighting=false"], ("branching", "none")),
+                     (["algorithm.scheme=flow_grpo", "algorithm.branching=false"], ("flow_grpo", "tempflow")),
+                     (["algorithm.step_weight=flash", "algorithm.scheme=single_step"], ("single_step", "flash")),
+                     ([], ("branching", "tempflow"))]:
+        a = load_config(None, old).algorithm
+        assert (a.scheme, a.step_weight, a.branching, a.weighting) == (*new, None, None)
+    # the validated config is unambiguous: replacing the scheme alone is enough
+    a = load_config(None, ["algorithm.branching=false"]).algorithm
+    assert dataclasses.replace(a, scheme="branching").scheme == "branching"
+    assert _error(["algorithm.branching=false", "algorithm.scheme=branching"]) == (
+        "algorithm.scheme ('branching') and algorithm.branching (false) contradict: algorithm.branching "
+        "is the old name of algorithm.scheme (false means 'flow_grpo'); give only algorithm.scheme")
+    msg = _error(["algorithm.weighting=true", "algorithm.step_weight=flash"])
+    assert "algorithm.step_weight ('flash') and algorithm.weighting (true) contradict" in msg
+
+
 def test_branch_points_need_branching_only():
-    cfg = load_config(None, ["algorithm.branching=false", "algorithm.branch_points=[20]"])
+    cfg = load_config(None, ["algorithm.scheme=flow_grpo", "algorithm.branch_points=[20]"])
     with pytest.raises(ValueError):
         cfg.branch_point_spec()
     assert "0..3" in _error(["sampling.steps=4", "sampling.train_fraction=1", "algorithm.branch_points=[4]"])

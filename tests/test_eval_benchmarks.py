@@ -44,7 +44,7 @@ def test_variants_change_only_their_own_keys(tmp_path):
     flow = se.run_config("configs/shapes-tempflow.yaml", "flowgrpo", 0, tmp_path, None, [])
     temp = se.run_config("configs/shapes-tempflow.yaml", "tempflow", 0, tmp_path, None, [])
     r1 = se.run_config("configs/shapes-tempflow.yaml", "tempflow-r1", 2, tmp_path, 7, [])
-    assert diff_configs(flow, temp) == ["algorithm.branching", "algorithm.weighting", "run.out"]
+    assert diff_configs(flow, temp) == ["algorithm.scheme", "algorithm.step_weight", "run.out"]
     assert diff_configs(preset, temp) == ["run.out"]  # the preset is TempFlow-GRPO
     assert sorted(diff_configs(temp, r1)) == ["algorithm.branch_points", "run.out", "train.iterations", "train.seed"]
     assert r1.train.iterations == 7 and r1.train.seed == 2 and r1.run.out == str(tmp_path / "tempflow-r1" / "seed2")

@@ -222,6 +222,28 @@ def test_sigint_saves_a_checkpoint_and_resume_is_exact(tmp_path, monkeypatch):
     assert len(resumed.history) == len(ref.history)
 
 
+def test_adaptive_branch_points_resume_exactly(tmp_path, monkeypatch):
+    """The adaptive branch-point policy's running reward-std statistics are saved with the
+    checkpoint: 3 iterations, then resumed to 6, equal 6 uninterrupted iterations."""
+    from tempflow.training.loop import train
+
+    monkeypatch.syspath_prepend(str(WORKERS))
+    model = make_tiny_model(tmp_path / "tiny")
+
+    def cfg(name, iterations):
+        c = run_config(tmp_path, model, name, save_every=3)
+        c["algorithm"].update(branch_policy="adaptive", adaptive_decay=0.5, branch_points=1)
+        c["train"]["iterations"] = iterations
+        return config_from_dict(c)
+
+    ref = train(cfg("ref", ITERATIONS), progress=False)
+    assert train(cfg("cut", 3), progress=False).stopped is None
+    resumed = train(cfg("cut", ITERATIONS), progress=False, resume=True)
+    assert_same_run(ref.path, resumed.path)
+    states = [[torch.load(d / "state.pt", weights_only=True)["scheme"] for _, d in
+               ck.list_checkpoints(r.path / "checkpoints")] for r in (ref, resumed)]
+    assert states[0] == states[1] and any(m is not None for m in states[0][0]["std_mean"])
+
 @pytest.mark.slow
 def test_resume_after_the_newest_checkpoint_was_damaged(reference, tmp_path, capsys):
     """The finished reference run with its newest checkpoint truncated: resume falls back to

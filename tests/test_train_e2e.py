@@ -66,12 +66,11 @@ def test_train_command_end_to_end(tmp_path, tiny_shapes_checkpoint, branching):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("branching", [True, False])
-def test_two_processes_equal_one(tmp_path, tiny_shapes_checkpoint, branching):
+@pytest.mark.parametrize("scheme", ["branching", "flow_grpo", "single_step", "sde_window"])
+def test_two_processes_equal_one(tmp_path, tiny_shapes_checkpoint, scheme):
     if shutil.which("accelerate") is None and not (Path(sys.executable).parent / "accelerate").exists():
         pytest.skip("accelerate launcher not installed")
-    cfg = tiny_config(tmp_path, tiny_shapes_checkpoint, branching=branching, std="batch",
-                      beta=0.01)
+    cfg = tiny_config(tmp_path, tiny_shapes_checkpoint, scheme=scheme, std="batch", beta=0.01)
     # a reward that always varies, so the update is never empty (tests/workers is on the
     # worker's import path)
     data = yaml.safe_load(cfg.read_text())

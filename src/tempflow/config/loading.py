@@ -270,7 +270,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
     """Defaults, then the YAML file ``path`` (None: none), then ``key=value`` overrides.
 
     Each override's value is YAML: ``algorithm.branch_points=[0,2,4]``, ``model.lora=null``,
-    ``sampling.guidance_scale=4.5``, ``algorithm.branching=false``. Raises UserError for a
+    ``sampling.guidance_scale=4.5``, ``algorithm.scheme=flow_grpo``. Raises UserError for a
     missing or invalid file, an unknown key (with the closest valid key), a value of the wrong
     type or out of range, and for a reward factory path ('module:attr') that comes from the
     file when its module is not in ``allow_imports`` (a file is not trusted to run code; an

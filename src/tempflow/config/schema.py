@@ -113,6 +113,9 @@ class SamplingConfig(_Section):
     """Trained steps are the first floor(train_fraction * steps)."""
     eval_steps: int = 10
     """ODE steps for evaluation images."""
+    sde_type: Literal["sde", "cps"] = "sde"
+    """Stochastic step of rollouts and of the loss's log-probs: sde (Flow-GRPO's, std s_j) or cps
+    (coefficients-preserving, std sigma_{j+1} sin(a pi / 2), log p = -mean (x - mean)^2)."""
 
     def _check(self) -> None:
         self._need("steps", self.steps >= 2, ">= 2", "GRPO needs a multi-step sampler")
@@ -124,6 +127,9 @@ class SamplingConfig(_Section):
         self._need("train_fraction", len(self.trained_steps()) >= 1, f">= 1/{self.steps}",
                    f"at least one of the {self.steps} steps must be trained")
         self._need("eval_steps", self.eval_steps >= 1, ">= 1", "evaluation needs a step")
+        if self.sde_type == "cps":
+            self._need("noise_level", self.noise_level <= 1, "<= 1 with sde_type cps",
+                       "CPS's std is sigma_next sin(a pi / 2), defined for a in [0, 1]")
 
     @property
     def use_cfg(self) -> bool:
@@ -141,18 +147,44 @@ class AlgorithmConfig(_Section):
     """Flow-GRPO / TempFlow-GRPO: rollouts, advantages and the loss (algorithm.md 3-4)."""
 
     _prefix: ClassVar[str] = "algorithm."
-    branching: bool = True
-    """TempFlow-GRPO trajectory branching (false: Flow-GRPO full SDE rollouts)."""
-    weighting: bool = True
-    """Noise-aware step weights w_j = s_j / mean(s) in the policy loss."""
+    scheme: Literal["flow_grpo", "branching", "single_step", "sde_window"] | None = None
+    """Rollout scheme (tempflow.schemes): branching (TempFlow-GRPO), flow_grpo (full SDE
+    trajectories), single_step (Flash-GRPO), sde_window (MixGRPO); null: from algorithm.branching,
+    else branching."""
+    branching: bool | None = None
+    """Old name of algorithm.scheme, read for older configs: true = branching, false = flow_grpo.
+    Validation moves it into algorithm.scheme and leaves it null."""
+    weighting: bool | None = None
+    """Old name of algorithm.step_weight, read for older configs: true = tempflow, false = none.
+    Validation moves it into algorithm.step_weight and leaves it null."""
+    step_weight: Literal["none", "tempflow", "flash", "power"] | None = None
+    """Policy-loss weight w_j of a step-j transition: none (1), tempflow (s_j / mean s), flash
+    (Flash-GRPO's (1 / c_j) / mean(1 / c)), power (s_j^p / mean s^p, p = weight_power); means over
+    the trained steps. null: from algorithm.weighting, else tempflow."""
+    weight_power: float = 1.0
+    """With step_weight power: the exponent p (1 = tempflow, 0 = none)."""
     group_size: int = 8
-    """Flow-GRPO: SDE trajectories per prompt (G)."""
+    """flow_grpo, single_step, sde_window: trajectories per prompt (G), one advantage group."""
+    sde_step: int | None = None
+    """single_step: the trained step every group samples stochastically (null: drawn uniformly
+    from the trained steps per iteration and prompt)."""
+    window_size: int = 2
+    """sde_window: consecutive trained steps with SDE sampling and training."""
+    window_start: int | None = None
+    """sde_window: the window's first step (null: drawn uniformly per iteration)."""
     seeds_per_prompt: int = 2
     """Branching: initial noises (ODE trunks) per prompt."""
     num_branches: int = 4
     """Branching: SDE branches K per (seed, branch point)."""
     branch_points: Literal["all"] | list[int] | int = 3
     """Branching: 'all' trained steps, a list of steps, or r = r random trained steps per iteration."""
+    branch_policy: Literal["uniform", "early", "adaptive"] = "uniform"
+    """Branching with r random branch points: how they are drawn: uniform, early (P(j) proportional
+    to the transition std s_j, higher for early noisy steps) or adaptive (P(j) proportional to a
+    running mean of step j's measured reward std across a seed's K branches)."""
+    adaptive_decay: float = 0.9
+    """branch_policy adaptive: the running mean's decay, m_j <- d m_j + (1 - d) std_j per iteration
+    that branches at j."""
     continuation_steps: int | None = None
     """Branching: ODE steps of each branch's continuation to sigma = 0 for its reward, over evenly
     spaced sigmas of the schedule (null: every remaining step). Fewer is cheaper, coarser images."""
@@ -160,6 +192,9 @@ class AlgorithmConfig(_Section):
     """Branching advantage group: K branches of a seed at step j, or all seeds of a prompt at j."""
     std: Literal["group", "batch"] = "group"
     """Advantage std: per group, or over the whole batch (Flow-GRPO's default)."""
+    tied_groups: Literal["drop", "zeros"] = "drop"
+    """Groups whose rewards all tie (no signal): drop their samples from the loss, or keep them in
+    the loss mean with advantage 0 (zeros: the TempFlow-GRPO authors' code; they add only KL)."""
     adv_clip: float = 5.0
     """Advantages are clipped to [-adv_clip, adv_clip]."""
     clip_range: float = 1e-4
@@ -172,8 +207,15 @@ class AlgorithmConfig(_Section):
     """KL denominator: transition std s_j (TempFlow) or Flow-GRPO's g_j."""
 
     def _check(self) -> None:
+        self._resolve_alias("scheme", "branching", {True: "branching", False: "flow_grpo"}, "branching")
+        self._resolve_alias("step_weight", "weighting", {True: "tempflow", False: "none"}, "tempflow")
         self._need("group_size", self.group_size >= 2, ">= 2",
                    "advantages compare at least two trajectories per prompt")
+        self._need("sde_step", self.sde_step is None or self.sde_step >= 0, ">= 0 or null",
+                   "it is a trained step index; null draws one per iteration and prompt")
+        self._need("window_size", self.window_size >= 1, ">= 1", "the window holds the trained steps")
+        self._need("window_start", self.window_start is None or self.window_start >= 0, ">= 0 or null",
+                   "it is a trained step index; null draws the window per iteration")
         self._need("seeds_per_prompt", self.seeds_per_prompt >= 1, ">= 1", "each prompt needs a seed")
         self._need("num_branches", self.num_branches >= 2, ">= 2",
                    "branching needs at least two branches to compare")
@@ -183,12 +225,27 @@ class AlgorithmConfig(_Section):
                        "a non-empty list of distinct steps >= 0", "write trained step indices, e.g. [0, 2, 4]")
         elif isinstance(bp, int):
             self._need("branch_points", bp >= 1, ">= 1", "an integer r draws r random branch points")
+        self._need("adaptive_decay", 0 <= self.adaptive_decay < 1, "in [0, 1)",
+                   "it is the running mean's decay (0: the last iteration's std only)")
         if self.continuation_steps is not None:
             self._need("continuation_steps", self.continuation_steps >= 1, ">= 1 or null",
                        "null continues every branch through all remaining steps")
         self._need("adv_clip", self.adv_clip > 0, "> 0", "advantages are clipped to [-adv_clip, adv_clip]")
         self._need("clip_range", self.clip_range > 0, "> 0", "the PPO ratio clip needs a width (1e-4)")
         self._need("beta", self.beta >= 0, ">= 0", "beta weighs the KL penalty; 0 disables it")
+
+    def _resolve_alias(self, name: str, old: str, mapping: dict, default: str) -> None:
+        """Move the old boolean field ``old`` into ``name`` as ``mapping[old]`` (both null:
+        ``default``) and clear it; UserError naming both when both are given and differ."""
+        value, flag = getattr(self, name), getattr(self, old)
+        if value is not None and flag is not None and mapping[flag] != value:
+            raise UserError(f"{self._prefix}{name} ({value!r}) and {self._prefix}{old} ({str(flag).lower()}) "
+                            f"contradict: {self._prefix}{old} is the old name of {self._prefix}{name} "
+                            f"({str(flag).lower()} means {mapping[flag]!r}); give only {self._prefix}{name}")
+        if value is None:
+            value = default if flag is None else mapping[flag]
+        object.__setattr__(self, name, value)
+        object.__setattr__(self, old, None)
 
 
 @dataclass(frozen=True)
@@ -376,9 +433,20 @@ class TrainConfig(_Section):
     run: RunConfig = field(default_factory=RunConfig)
 
     def _check(self) -> None:
-        if not self.algorithm.branching:
+        a, n = self.algorithm, len(self.trained_steps())
+        trained = (f"only the first {n} of sampling.steps={self.sampling.steps} steps are trained "
+                   f"(sampling.train_fraction={self.sampling.train_fraction})")
+        if a.scheme == "single_step" and a.sde_step is not None and a.sde_step >= n:
+            raise UserError(f"algorithm.sde_step must lie in 0..{n - 1} (got {a.sde_step}): {trained}")
+        if a.scheme == "sde_window":
+            if a.window_size > n:
+                raise UserError(f"algorithm.window_size must be in 1..{n} (got {a.window_size}): {trained}")
+            if a.window_start is not None and a.window_start + a.window_size > n:
+                raise UserError(f"algorithm.window_start must lie in 0..{n - a.window_size} (got "
+                                f"{a.window_start}): the window of {a.window_size} steps must fit; {trained}")
+        if a.scheme != "branching":
             return  # branch points are unused
-        n, bp = len(self.trained_steps()), self.algorithm.branch_points
+        bp = a.branch_points
         if isinstance(bp, list) and max(bp) >= n:
             raise UserError(f"algorithm.branch_points must lie in 0..{n - 1} (got {bp}): only the "
                             f"first {n} of sampling.steps={self.sampling.steps} steps are trained "
@@ -386,6 +454,9 @@ class TrainConfig(_Section):
         if isinstance(bp, int) and bp > n:
             raise UserError(f"algorithm.branch_points must be in 1..{n} (got {bp}): it draws that "
                             f"many of the {n} trained steps each iteration")
+        if a.branch_policy != "uniform" and not isinstance(bp, int):
+            raise UserError(f"algorithm.branch_policy {a.branch_policy!r} needs algorithm.branch_points "
+                            f"to be a number r of steps to draw (got {bp!r}); 'all' and lists draw nothing")
 
     def trained_steps(self) -> list[int]:
         """Indices of the trained sampling steps, [0, ..., floor(train_fraction * steps) - 1]."""
@@ -393,11 +464,12 @@ class TrainConfig(_Section):
 
     def branch_point_spec(self) -> BranchPointSpec:
         """The branch points of algorithm.branch_points (ValueError when branching is off)."""
-        if not self.algorithm.branching:
-            raise ValueError("algorithm.branching is false: Flow-GRPO rollouts have no branch points")
+        if self.algorithm.scheme != "branching":
+            raise ValueError(f"algorithm.scheme is {self.algorithm.scheme!r}: only branching has branch points")
         bp = self.algorithm.branch_points
         if bp == "all":
             return BranchPointSpec(tuple(self.trained_steps()))
         if isinstance(bp, list):
             return BranchPointSpec(tuple(sorted(bp)))
-        return BranchPointSpec(tuple(self.trained_steps()), None if bp == len(self.trained_steps()) else bp)
+        return BranchPointSpec(tuple(self.trained_steps()), None if bp == len(self.trained_steps()) else bp,
+                               self.algorithm.branch_policy)

@@ -10,7 +10,8 @@ from torch import Tensor
 
 class GroupAdvantages(NamedTuple):
     """advantages: float32 [N] (0 where not valid); valid: bool [N] (a finite reward in a group
-    with signal); frac_zero_std: fraction of groups whose finite rewards all tie (dropped);
+    with signal, or any finite reward with tied="zeros"); frac_zero_std: fraction of groups
+    whose finite rewards all tie (no signal);
     num_failed: samples with a NaN / inf reward (left out of statistics and loss)."""
 
     advantages: Tensor
@@ -20,7 +21,7 @@ class GroupAdvantages(NamedTuple):
 
 
 def group_advantages(rewards: Tensor, groups: Tensor, std: str = "group", eps: float = 1e-4,
-                     clip: float | None = 5.0) -> GroupAdvantages:
+                     clip: float | None = 5.0, tied: str = "drop") -> GroupAdvantages:
     """A_i = (R_i - mean_{g(i)} R) / (std + eps), clipped to [-clip, clip].
 
     rewards: [N] (NaN / inf marks a failed sample); groups: [N] integer group ids (Flow-GRPO:
@@ -29,10 +30,14 @@ def group_advantages(rewards: Tensor, groups: Tensor, std: str = "group", eps: f
     default: the std of all finite rewards). Means are always per group; stds are population
 stds (unbiased=False).
     Groups with fewer than two finite rewards, or whose finite rewards all tie, carry no
-    signal and are dropped (valid = False).
+    signal. ``tied``: "drop" leaves their samples out of the loss (valid = False; Flow-GRPO's
+    current code), "zeros" keeps their finite samples in the loss mean with advantage exactly 0
+    (valid = True; the TempFlow-GRPO authors' code): they then add only KL and dilute the mean.
     """
     if std not in ("group", "batch"):
         raise ValueError(f"std must be 'group' or 'batch', got {std!r}")
+    if tied not in ("drop", "zeros"):
+        raise ValueError(f"tied must be 'drop' or 'zeros', got {tied!r}")
     r = rewards.double()
     finite = torch.isfinite(r)
     r0 = torch.where(finite, r, torch.zeros_like(r))
@@ -55,6 +60,8 @@ stds (unbiased=False).
     adv = torch.where(valid, dev / (denom + eps), torch.zeros_like(r0))
     if clip is not None:
         adv = adv.clamp(-clip, clip)
+    if tied == "zeros":
+        valid = finite
     groups_with_data = int((count >= 1).sum())
     frac = float(((count >= 1) & ~has_signal).sum()) / max(groups_with_data, 1)
     return GroupAdvantages(adv.float(), valid, frac, int((~finite).sum()))

@@ -15,7 +15,8 @@ from torch import Tensor
 
 from tempflow.grpo.losses import clipped_policy_loss, kl_penalty
 from tempflow.models.base import Conditioning, FlowModel
-from tempflow.sampling.steps import sde_step, sde_std
+from tempflow.sampling import step_function
+from tempflow.sampling.steps import sde_std
 
 
 @dataclass
@@ -62,13 +63,16 @@ class Transitions:
 
 @dataclass
 class ObjectiveConfig:
-    """Loss settings. kl_std: 's' (transition std s_j) or 'g' (Flow-GRPO's g_j)."""
+    """Loss settings. kl_std: 's' (the step's own transition std: s_j, or CPS's std) or 'g'
+    (Flow-GRPO's g_j); sde_type: 'sde' or 'cps', the step the rollout sampled with (its
+    log-probs are recomputed with the same step, so the on-policy ratio is exactly 1)."""
 
     noise_level: float
     clip_range: float
     beta: float
     guidance_scale: float | None = None
     kl_std: str = "s"
+    sde_type: str = "sde"
 
 
 def grpo_loss(model: FlowModel, batch: Transitions, cfg: ObjectiveConfig) -> tuple[Tensor, dict[str, float]]:
@@ -83,9 +87,10 @@ def grpo_loss(model: FlowModel, batch: Transitions, cfg: ObjectiveConfig) -> tup
     shape = batch.starts.shape[1:]
     if not bool(batch.valid.any()):
         raise ValueError("grpo_loss needs at least one valid transition (use Transitions.with_signal)")
+    step_fn = step_function(cfg.sde_type)
     v = model.velocity(batch.starts, batch.sigma, batch.cond, cfg.guidance_scale)
     expand = lambda t: t.unsqueeze(1).expand(r, k, *t.shape[1:]).reshape(r * k, *t.shape[1:])  # noqa: E731
-    step = sde_step(expand(batch.starts), expand(v), expand(batch.sigma), expand(batch.sigma_next),
+    step = step_fn(expand(batch.starts), expand(v), expand(batch.sigma), expand(batch.sigma_next),
                     cfg.noise_level, sample=batch.samples.reshape(r * k, *shape))
     dev = step.log_prob.device  # advantages and weights are computed on the CPU
     valid = batch.valid.to(dev).reshape(-1)
@@ -98,12 +103,11 @@ def grpo_loss(model: FlowModel, batch: Transitions, cfg: ObjectiveConfig) -> tup
         with torch.no_grad(), model.reference():
             v_ref = model.velocity(batch.starts, batch.sigma, batch.cond, cfg.guidance_scale)
         # the SDE mean is affine in v, so one start's mean serves all of its K transitions
-        mean = sde_step(batch.starts, v, batch.sigma, batch.sigma_next, cfg.noise_level,
-                        sample=batch.starts).mean
-        mean_ref = sde_step(batch.starts, v_ref, batch.sigma, batch.sigma_next, cfg.noise_level,
-                            sample=batch.starts).mean
-        g, s = sde_std(batch.sigma, batch.sigma_next, cfg.noise_level)
-        kl_rows = kl_penalty(mean, mean_ref, s if cfg.kl_std == "s" else g)  # [R]
+        own = step_fn(batch.starts, v, batch.sigma, batch.sigma_next, cfg.noise_level, sample=batch.starts)
+        mean_ref = step_fn(batch.starts, v_ref, batch.sigma, batch.sigma_next, cfg.noise_level,
+                           sample=batch.starts).mean
+        g, _ = sde_std(batch.sigma, batch.sigma_next, cfg.noise_level)
+        kl_rows = kl_penalty(own.mean, mean_ref, own.std if cfg.kl_std == "s" else g)  # [R]
         counts = batch.valid.to(kl_rows.device).float().sum(dim=1)
         kl_value = (kl_rows * counts).sum() / counts.sum().clamp(min=1)
         loss = loss + cfg.beta * kl_value
@@ -154,3 +158,18 @@ def trajectory_transitions(rollout, cond: Conditioning, sigmas: Tensor, steps: l
         advantages=advantages.float().repeat_interleave(len(steps)).unsqueeze(1),
         valid=valid.repeat_interleave(len(steps)).unsqueeze(1),
         weights=weights.float().repeat(n))
+
+
+def step_transitions(rollout, cond: Conditioning, sigmas: Tensor, row_steps: Tensor,
+                     advantages: Tensor, valid: Tensor, weights: Tensor) -> Transitions:
+    """One transition per trajectory of a :class:`~tempflow.grpo.rollout.FlowGRPORollout`, each at
+    its own step: row i is x_{j_i} -> x_{j_i + 1} with j_i = ``row_steps[i]``.
+
+    cond: batch N; row_steps, advantages, valid, weights: [N]. Returns R = N starts, K = 1.
+    """
+    n = rollout.final.shape[0]
+    j, i = row_steps.long(), torch.arange(n)
+    return Transitions(
+        starts=rollout.xs[j, i], sigma=sigmas[j], sigma_next=sigmas[j + 1], cond=cond,
+        samples=rollout.xs[j + 1, i].unsqueeze(1), old_log_probs=rollout.log_probs[j, i].unsqueeze(1),
+        advantages=advantages.float().unsqueeze(1), valid=valid.unsqueeze(1), weights=weights.float())

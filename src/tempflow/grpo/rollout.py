@@ -32,12 +32,13 @@ class FlowGRPORollout:
 def rollout_flow_grpo(model: FlowModel, cond: Conditioning, noise: Tensor, sigmas: Tensor,
                       noise_level: float, sde_steps: Sequence[int], guidance_scale: float | None = None,
                       generator: torch.Generator | None = None,
-                      step_noise: Tensor | None = None) -> FlowGRPORollout:
+                      step_noise: Tensor | None = None, step_fn=sde_step) -> FlowGRPORollout:
     """SDE at the steps in ``sde_steps`` (the trained steps), ODE elsewhere.
 
     noise: [N, ...] at sigma = 1; cond: batch N; step_noise: optional [T, N, ...] standard
-    normal noise of each step (else drawn from ``generator``). Costs T model calls per sample
-    (2T with CFG).
+    normal noise of each step (else drawn from ``generator``); ``step_fn``: the stochastic step
+    (:func:`~tempflow.sampling.steps.sde_step` or :func:`~tempflow.sampling.cps.cps_step`).
+    Costs T model calls per sample (2T with CFG).
     """
     x = noise.float()
     n = x.shape[0]
@@ -48,9 +49,36 @@ def rollout_flow_grpo(model: FlowModel, cond: Conditioning, noise: Tensor, sigma
         v = model.velocity(x, sig, cond, guidance_scale)
         if j in sde and float(sigmas[j + 1]) > 0:
             eps = step_noise[j] if step_noise is not None else None
-            x, _, _, lp = sde_step(x, v, sig, nxt, noise_level, noise=eps, generator=generator)
+            x, _, _, lp = step_fn(x, v, sig, nxt, noise_level, noise=eps, generator=generator)
         else:
             x, lp = ode_step(x, v, sig, nxt), torch.zeros(n, device=x.device)
+        xs.append(x)
+        logps.append(lp)
+    return FlowGRPORollout(torch.stack(xs), torch.stack(logps), x)
+
+
+@torch.no_grad()
+def rollout_sde_mask(model: FlowModel, cond: Conditioning, noise: Tensor, sigmas: Tensor,
+                     noise_level: float, sde_mask: Tensor, step_noise: Tensor,
+                     guidance_scale: float | None = None, step_fn=sde_step) -> FlowGRPORollout:
+    """Trajectories whose stochastic steps differ per sample: ODE everywhere except where
+    ``sde_mask`` [T, N] (bool) is true, where x_{j+1} = step_fn(x_j, v, eps) with eps =
+    ``step_noise`` [N, ...] (one draw per sample, used at each of its SDE steps; schemes with
+    one SDE step per trajectory need no more). noise: [N, ...]; cond: batch N.
+    log_probs: [T, N], 0 at ODE steps. Costs T model calls per sample (2T with CFG).
+    """
+    x = noise.float()
+    n = x.shape[0]
+    xs, logps = [x], []
+    for j in range(sigmas.numel() - 1):
+        sig, nxt = sigmas[j].expand(n), sigmas[j + 1].expand(n)
+        v = model.velocity(x, sig, cond, guidance_scale)
+        x_next, lp = ode_step(x, v, sig, nxt), torch.zeros(n, device=x.device)
+        rows = sde_mask[j].to(x.device).nonzero().squeeze(1)
+        if rows.numel() and float(sigmas[j + 1]) > 0:
+            out = step_fn(x[rows], v[rows], sig[rows], nxt[rows], noise_level, noise=step_noise[rows])
+            x_next[rows], lp[rows] = out.sample, out.log_prob
+        x = x_next
         xs.append(x)
         logps.append(lp)
     return FlowGRPORollout(torch.stack(xs), torch.stack(logps), x)
@@ -93,7 +121,7 @@ def rollout_branches(model: FlowModel, cond: Conditioning, noise: Tensor, sigmas
                      noise_level: float, points: Sequence[int], num_branches: int,
                      guidance_scale: float | None = None, generator: torch.Generator | None = None,
                      noise_scale: float = 1.0, branch_noise: Tensor | None = None,
-                     continuation_steps: int | None = None) -> BranchRollout:
+                     continuation_steps: int | None = None, step_fn=sde_step) -> BranchRollout:
     """TempFlow-GRPO's trajectory branching.
 
     For each seed s (noise[s], cond[s]): an ODE trunk x_0 .. x_T; at each branch point j, K
@@ -105,6 +133,7 @@ def rollout_branches(model: FlowModel, cond: Conditioning, noise: Tensor, sigmas
     the schedule (:func:`continuation_indices`): cost T + K * sum_j min(T - 1 - j, m).
     ``branch_noise``: optional [S, P, K, ...] standard normal noise of the branch steps (else
     drawn from ``generator``); ``noise_scale`` multiplies it (0: the branches follow the SDE mean).
+    ``step_fn``: the branch step (sde_step, or cps_step for coefficients-preserving sampling).
     """
     s_count, t_steps = noise.shape[0], sigmas.numel() - 1
     pts = sorted(int(j) for j in points)
@@ -134,7 +163,7 @@ def rollout_branches(model: FlowModel, cond: Conditioning, noise: Tensor, sigmas
         eps = branch_noise.reshape(x_rep.shape).float() * noise_scale
     else:
         eps = torch.randn(x_rep.shape, generator=generator, dtype=torch.float32) * noise_scale
-    out = sde_step(x_rep, v_rep, sigmas[step_idx], sigmas[step_idx + 1], noise_level, noise=eps)
+    out = step_fn(x_rep, v_rep, sigmas[step_idx], sigmas[step_idx + 1], noise_level, noise=eps)
     samples, log_probs = out.sample, out.log_prob
     # ODE continuations in waves: wave w moves each branch from path[w] to path[w + 1]; a branch
     # whose path has ended is padded with T and sits out

@@ -31,10 +31,9 @@ class RunData:
         """TempFlow-GRPO / Flow-GRPO / one of the single-ingredient ablations, from the config."""
         if self.config is None:
             return "evaluation"
-        a = self.config.get("algorithm", {})
-        b, w = bool(a.get("branching")), bool(a.get("weighting"))
-        return {(True, True): "TempFlow-GRPO", (False, False): "Flow-GRPO",
-                (True, False): "branching only", (False, True): "weighting only"}[(b, w)]
+        from tempflow.schemes import describe_algorithm
+
+        return describe_algorithm(self.config.get("algorithm", {}))
 
 
 def _read_jsonl(path: Path) -> list[dict]:

@@ -136,9 +136,11 @@ def _last_eval(run: Path, iteration: int) -> dict | None:
 def write_model_card(out: Path, run: Path, cfg, ckpt: ckpt_io.Checkpoint, full: bool) -> Path:
     """README.md with Hugging Face hub front matter (base model, library, tags) and what made
     the weights: algorithm, reward, iterations, the held-out table, a sample grid."""
-    algo = "TempFlow-GRPO" if cfg.algorithm.branching and cfg.algorithm.weighting else (
-        "Flow-GRPO" if not cfg.algorithm.branching and not cfg.algorithm.weighting else
-        "branching only" if cfg.algorithm.branching else "Flow-GRPO with noise-aware weighting")
+    from tempflow.config import config_to_dict
+    from tempflow.schemes import describe_algorithm
+
+    algo = describe_algorithm(config_to_dict(cfg.algorithm))
+    algo = "Flow-GRPO with noise-aware weighting" if algo == "weighting only" else algo
     base = cfg.model.name
     hub_base = base if base.count("/") == 1 and not Path(base).exists() else None
     tags = ["tempflow", "text-to-image", "reinforcement-learning", algo.lower().replace(" ", "-")]

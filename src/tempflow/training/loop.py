@@ -130,7 +130,8 @@ def save(trainer: Trainer, run: RunDir, dist: Dist, done: int, streak: int):
         tensors = None if written is not None else {**{f"params.{k}": v for k, v in sd["params"].items()},
                                                     **{f"ema.{k}": v for k, v in sd["ema"].items()}}
         state = {"optimizer": sd.get("optimizer", {}), "ema_steps": sd["ema_steps"], "rng": rngs,
-                 "nonfinite_streak": streak, "reward_failure_streak": sd["reward_failure_streak"]}
+                 "nonfinite_streak": streak, "reward_failure_streak": sd["reward_failure_streak"],
+                 "scheme": trainer.scheme.state_dict()}
         meta = {"metrics_bytes": run.metrics_bytes(), "world": dist.world, "engine": trainer.engine.name,
                 **config_record(cfg)}
         path = ckpt_io.save_checkpoint(root, done, tensors, state, meta, cfg.run.keep_checkpoints, written)
@@ -183,6 +184,7 @@ def restore(trainer: Trainer, run: RunDir, dist: Dist, found: ckpt_io.Checkpoint
 
 
 def _restored(trainer: Trainer, run: RunDir, dist: Dist, found, state: dict) -> tuple[int, int, object]:
+    trainer.scheme.load_state_dict(state.get("scheme", {}))  # e.g. adaptive branch-point statistics
     rngs = state["rng"]
     if len(rngs) != dist.world and dist.is_main:
         ckpt_io.warn(f"checkpoint {found.path} was written by {len(rngs)} processes and this run has "

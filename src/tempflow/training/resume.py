@@ -48,9 +48,13 @@ def _value(data: dict, key: str):
 def check_config_unchanged(recorded: dict, cfg, where: str) -> None:
     """UserError if ``cfg`` differs from the ``recorded`` config (meta.json) outside the keys
     that may change; a warning for changed optimiser settings."""
-    from tempflow.config import config_to_dict, diff_configs
+    from tempflow.config import config_from_dict, config_to_dict, diff_configs
 
     now = json.loads(json.dumps(config_to_dict(cfg), default=str))
+    try:  # in today's field names (an older run's algorithm.branching -> algorithm.scheme, ...)
+        recorded = json.loads(json.dumps(config_to_dict(config_from_dict(recorded)), default=str))
+    except (UserError, TypeError, ValueError):
+        pass  # compared as recorded
     changed = [k for k in diff_configs(recorded, now) if not k.startswith(SILENT_KEYS) or k == "run.overwrite"]
     show = lambda k: f"{k} ({_value(recorded, k)!r} -> {_value(now, k)!r})"  # noqa: E731
     refused = [k for k in changed if k not in OPTIMISER_KEYS]

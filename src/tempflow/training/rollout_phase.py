@@ -12,6 +12,7 @@ from torch import Tensor
 
 from tempflow.grpo.rollout import rollout_branches, rollout_flow_grpo
 from tempflow.models.base import Conditioning, FlowModel
+from tempflow.sampling.steps import sde_step
 
 
 def sample_generator(seed: int, iteration: int, position: int, sample: int) -> torch.Generator:
@@ -26,7 +27,8 @@ class Samples:
 
     finals: [N, ...] latents to decode and reward; prompt_rows: [N] index into the iteration's
     local prompts; groups: [N] global advantage-group ids; rollout: the raw rollout; points:
-    branch points (branching) or trained steps (Flow-GRPO); shape_spk: (S, P, K) for branching.
+    branch points (branching) or trained steps (Flow-GRPO); shape_spk: (S, P, K) for branching;
+    row_steps: [N] the one trained step of each sample (single_step), else None.
     """
 
     finals: Tensor
@@ -36,6 +38,7 @@ class Samples:
     cond: Conditioning
     points: list[int]
     shape_spk: tuple[int, int, int] | None
+    row_steps: Tensor | None = None
 
 
 def noise_for(model: FlowModel, positions: list[int], per_prompt: int, seed: int,
@@ -54,14 +57,15 @@ def noise_for(model: FlowModel, positions: list[int], per_prompt: int, seed: int
 def sample_branching(model: FlowModel, cond: Conditioning, positions: list[int], seeds: int,
                      branches: int, points: list[int], sigmas: Tensor, noise_level: float,
                      guidance_scale: float | None, group_by: str, seed: int, iteration: int,
-                     continuation_steps: int | None = None) -> Samples:
+                     continuation_steps: int | None = None, step_fn=sde_step) -> Samples:
     """TempFlow-GRPO: ``seeds`` trunks per prompt, K branches at each branch point.
 
     cond: batch = number of local prompts; groups: (seed, j) or (prompt, j) ids, global."""
     p, k = len(points), branches
     x0, eps = noise_for(model, positions, seeds, seed, iteration, (p, k))
     ro = rollout_branches(model, cond.repeat_interleave(seeds), x0, sigmas, noise_level, points, k,
-                          guidance_scale, branch_noise=eps, continuation_steps=continuation_steps)
+                          guidance_scale, branch_noise=eps, continuation_steps=continuation_steps,
+                          step_fn=step_fn)
     s_count = x0.shape[0]
     pos = torch.tensor(positions).repeat_interleave(seeds)                      # [S]
     seed_idx = torch.arange(seeds).repeat(len(positions))                        # [S]
@@ -78,13 +82,13 @@ def sample_branching(model: FlowModel, cond: Conditioning, positions: list[int],
 
 def sample_trajectories(model: FlowModel, cond: Conditioning, positions: list[int], group_size: int,
                         steps: list[int], sigmas: Tensor, noise_level: float,
-                        guidance_scale: float | None, seed: int, iteration: int) -> Samples:
+                        guidance_scale: float | None, seed: int, iteration: int, step_fn=sde_step) -> Samples:
     """Flow-GRPO: ``group_size`` SDE trajectories per prompt; groups = prompts."""
     t = sigmas.numel() - 1
     x0, eps = noise_for(model, positions, group_size, seed, iteration, (t,))
     cond_rows = cond.repeat_interleave(group_size)
     ro = rollout_flow_grpo(model, cond_rows, x0, sigmas, noise_level, steps, guidance_scale,
-                           step_noise=eps.transpose(0, 1))
+                           step_noise=eps.transpose(0, 1), step_fn=step_fn)
     groups = torch.tensor(positions).repeat_interleave(group_size)
     rows = torch.arange(len(positions)).repeat_interleave(group_size)
     return Samples(ro.final, rows, groups, ro, cond_rows, list(steps), None)

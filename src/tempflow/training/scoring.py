@@ -140,7 +140,8 @@ def cat_samples(items: Sequence[Samples]) -> Samples:
         spk = (sum(s.shape_spk[0] for s in items), p, k)
     return Samples(torch.cat([s.finals for s in items]), torch.cat([s.prompt_rows for s in items]),
                    torch.cat([s.groups for s in items]), cat_rollouts([s.rollout for s in items]),
-                   Conditioning.cat([s.cond for s in items]), items[0].points, spk)
+                   Conditioning.cat([s.cond for s in items]), items[0].points, spk,
+                   None if items[0].row_steps is None else torch.cat([s.row_steps for s in items]))
 
 
 def sample_and_score(sample: Callable[[slice], Samples], n_prompts: int,
@@ -177,22 +178,24 @@ def gather_components(dist, components: Mapping[str, Tensor]) -> dict[str, Tenso
 
 
 def reward_advantages(components: Mapping[str, Tensor], weights: Mapping[str, float], groups: Tensor,
-                      combine: str, std: str = "group", clip: float | None = 5.0) -> tuple[Tensor, GroupAdvantages]:
+                      combine: str, std: str = "group", clip: float | None = 5.0,
+                      tied: str = "drop") -> tuple[Tensor, GroupAdvantages]:
     """(R [N], advantages) from component rewards label -> [N].
 
     R = sum_k w_k R_k (NaN where any R_k is non-finite: the sample failed).
     sum_then_normalise: A = group_advantages(R). normalise_then_sum: A = sum_k w_k A_k with
     A_k = group_advantages(R_k), failed samples left out of every component; a sample is valid
-    if it did not fail and some component's group has signal; A is clipped to [-clip, clip]."""
+    if it did not fail and some component's group has signal (with tied="zeros": if it did not
+    fail); A is clipped to [-clip, clip]. tied: see :func:`group_advantages`."""
     total = weighted_sum(components, weights)
     if combine == "sum_then_normalise" or len(components) == 1:
-        return total, group_advantages(total, groups, std, clip=clip)
+        return total, group_advantages(total, groups, std, clip=clip, tied=tied)
     if combine != "normalise_then_sum":
         raise ValueError(f"combine must be sum_then_normalise or normalise_then_sum, got {combine!r}")
     failed = ~torch.isfinite(total)
     adv, valid = torch.zeros_like(total), torch.zeros_like(failed)
     for k, r in components.items():
-        a_k = group_advantages(torch.where(failed, torch.nan, r.float()), groups, std, clip=None)
+        a_k = group_advantages(torch.where(failed, torch.nan, r.float()), groups, std, clip=None, tied=tied)
         adv, valid = adv + weights[k] * a_k.advantages, valid | a_k.valid
     valid &= ~failed
     adv = torch.where(valid, adv, torch.zeros_like(adv))

@@ -2,9 +2,10 @@
 
 Each iteration runs five phases, top to bottom: sample (rollouts), score (decode + reward),
 advantages (group-normalised, gathered across processes), train (clipped policy loss + KL,
-inner epochs x minibatches), log. ``algorithm.branching`` picks TempFlow-GRPO's branched
-rollouts or Flow-GRPO's independent SDE trajectories; ``algorithm.weighting`` turns the
-noise-aware step weights on; the 2 x 2 ablation is four configs of the same trainer.
+inner epochs x minibatches), log. What differs between algorithms (which samples are drawn,
+their advantage groups, the trained transitions and their step weights) is the rollout scheme
+of ``algorithm.scheme`` (:mod:`tempflow.schemes`); the trainer calls it and has no
+per-algorithm code. The 2 x 2 ablation of TempFlow-GRPO is four configs of the same trainer.
 """
 
 from __future__ import annotations
@@ -17,15 +18,14 @@ import numpy as np
 import torch
 
 from tempflow.config import TrainConfig
-from tempflow.grpo.objective import ObjectiveConfig, branch_transitions, grpo_loss, trajectory_transitions
+from tempflow.grpo.objective import ObjectiveConfig, grpo_loss
 from tempflow.models import load_model, model_sigmas
 from tempflow.rewards import reward_from_config
-from tempflow.sampling import noise_aware_weights
+from tempflow.schemes import build_scheme
 from tempflow.training.distributed import Dist
 from tempflow.training.ema import EMA
 from tempflow.training.engine import Engine
 from tempflow.training.prompts import PromptSet
-from tempflow.training.rollout_phase import sample_branching, sample_trajectories
 from tempflow.training.scoring import (FailureWatch, RewardScorer, component_means, gather_components,
                                        reward_advantages, sample_and_score)
 
@@ -64,11 +64,10 @@ class Trainer:
                 self.model.encode_prompts(self.eval_set.prompts)  # with every prompt cached,
                 self.model.drop_text_encoders()                    # the text encoders can go
         self.sigmas = model_sigmas(self.model, cfg.sampling.steps, cfg.sampling.shift).to(self.dist.device)
-        self.steps = cfg.sampling.trained_steps()
-        self.weights_all = noise_aware_weights(self.sigmas.cpu(), cfg.sampling.noise_level, self.steps)
+        self.scheme = build_scheme(cfg, self.sigmas)
         self.objective = ObjectiveConfig(cfg.sampling.noise_level, cfg.algorithm.clip_range,
                                          cfg.algorithm.beta, cfg.sampling.guidance_scale,
-                                         cfg.algorithm.kl_std)
+                                         cfg.algorithm.kl_std, cfg.sampling.sde_type)
 
     def _prepare_model(self) -> None:
         m, cfg = self.model, self.cfg.model
@@ -83,30 +82,19 @@ class Trainer:
         m.transformer.train()
 
     # ------------------------------------------------------------------ phases
-    def branch_points(self, iteration: int) -> list[int]:
-        """'all' trained steps, an explicit list, or r random trained steps (same on every process)."""
-        key = np.random.SeedSequence([self.cfg.train.seed, iteration, 11]).generate_state(1)[0]
-        return self.cfg.branch_point_spec().draw(torch.Generator().manual_seed(int(key)))
-
     def iteration(self, it: int) -> dict:
-        cfg, a, times = self.cfg, self.cfg.algorithm, defaultdict(float)
+        cfg, a, times, scheme = self.cfg, self.cfg.algorithm, defaultdict(float), self.scheme
         counters0, collective0 = dict(self.model.counters), self.dist.collective_s
         # 1. sample: this process's share of the iteration's prompts, in reward.score_chunks chunks
         positions = list(range(cfg.train.prompts_per_iteration))[self.dist.rank::self.dist.world]
         ids = self.train_set.draw(cfg.train.prompts_per_iteration, cfg.train.seed, it, cfg.prompts.balance)
         local_ids = [ids[p] for p in positions]
         cond = self.train_cond[torch.tensor(local_ids)]
-        gs = cfg.sampling.guidance_scale
-        points = self.branch_points(it) if a.branching else list(self.steps)
+        plan = scheme.plan(it)
 
         def sample(rows: slice):
             with torch.no_grad():
-                if a.branching:
-                    return sample_branching(self.model, cond[rows], positions[rows], a.seeds_per_prompt,
-                                            a.num_branches, points, self.sigmas, cfg.sampling.noise_level, gs,
-                                            a.group_by, cfg.train.seed, it, a.continuation_steps)
-                return sample_trajectories(self.model, cond[rows], positions[rows], a.group_size, points,
-                                           self.sigmas, cfg.sampling.noise_level, gs, cfg.train.seed, it)
+                return scheme.sample(self.model, cond[rows], positions[rows], plan, it)
 
         def prompts_of(rows: slice, s) -> tuple[list[str], list[dict] | None]:
             ids_ = [local_ids[rows.start + r] for r in s.prompt_rows.tolist()]
@@ -121,25 +109,15 @@ class Trainer:
         # 3. advantages over the gathered batch (several rewards: reward.combine)
         with self._timed(times, "time/advantages"):
             all_c, all_g = gather_components(self.dist, scored.components), self.dist.gather(samples.groups)
-            all_r, adv = reward_advantages(all_c, self.scorer.weights, all_g, cfg.reward.combine, a.std, a.adv_clip)
+            all_r, adv = reward_advantages(all_c, self.scorer.weights, all_g, cfg.reward.combine, a.std, a.adv_clip,
+                                               a.tied_groups)
             self.failures.update(all_r, scored.errors)
             mine = slice(self.dist.rank * len(rewards), (self.dist.rank + 1) * len(rewards))
             advantages, valid = adv.advantages[mine], adv.valid[mine]
             self.last_batch = {"rewards": all_r, "groups": all_g, "advantages": adv.advantages}
-        weights = (self.weights_all[[self.steps.index(j) for j in points]] if a.weighting
-                   else torch.ones(len(points)))
-        if a.branching:
-            s, p, k = samples.shape_spk
-            batch = branch_transitions(samples.rollout, samples.cond, self.sigmas.cpu(),
-                                       advantages.view(s, p, k), valid.view(s, p, k), weights)
-            per_prompt = a.seeds_per_prompt * p  # start states per prompt: (seed, branch point)
-        else:
-            batch = trajectory_transitions(samples.rollout, samples.cond, self.sigmas.cpu(), points,
-                                           advantages, valid, weights)
-            per_prompt = a.group_size * len(points)  # start states per prompt: (trajectory, step)
-        # global ids of this process's start states, the same for any number of processes
-        keys = (torch.tensor(positions).repeat_interleave(per_prompt) * per_prompt
-                + torch.arange(per_prompt).repeat(len(positions)))
+            scheme.observe(plan, all_r, all_g)  # e.g. adaptive branch points learn where rewards spread
+        batch = scheme.transitions(samples, advantages, valid)
+        keys = scheme.start_keys(positions, plan)  # global ids of this process's start states
         # 4. train; not on a non-finite rollout (its rewards and log-probs mean nothing)
         finite_rows = torch.isfinite(samples.finals).flatten(1).all(1)
         nonfinite = int(self.dist.sum((~finite_rows).sum().float()).item())
@@ -158,10 +136,7 @@ class Trainer:
                   "rollout/nonfinite": nonfinite,
                   **train_stats, **{f"count/{k}": v for k, v in counters.items()}, **times,
                   "time/collectives": self.dist.collective_s - collective0}
-        if a.branching:
-            per_step = adv.advantages.view(-1, len(points), a.num_branches).std(dim=(0, 2))
-            record.update({f"adv_std/step{j}": float(v) for j, v in zip(points, per_step)})
-        record.update({f"weight/step{j}": float(w) for j, w in zip(points, weights)})
+        record.update(scheme.log_record(plan, adv.advantages))
         return record
 
     def _train(self, batch, keys, it: int) -> dict:
@@ -253,13 +228,14 @@ class Trainer:
     def state_dict(self) -> dict:
         """What an exact resume needs besides the config and the random generators:
         params / ema (name -> tensor: trainable weights, EMA shadow), ema_steps, optimizer,
-        reward_failure_streak (iterations in a row whose rewards all failed)."""
+        reward_failure_streak (iterations in a row whose rewards all failed), scheme (the rollout
+        scheme's running state, e.g. adaptive branch-point statistics)."""
         params = self._named_trainable()
         return {"params": {n: p.detach().clone() for n, p in params.items()},
                 "ema": {n: s.clone() for n, s in zip(params, self.ema.shadow)},
                 "ema_steps": self.ema.steps,  # DeepSpeed's partitioned state is not saved (no resume)
                 "optimizer": self.optimizer.state_dict() if self.engine.name != "deepspeed" else {},
-                "reward_failure_streak": self.failures.streak}
+                "reward_failure_streak": self.failures.streak, "scheme": self.scheme.state_dict()}
 
     def load_state_dict(self, sd: dict, source: str = "checkpoint") -> None:
         """Restore :meth:`state_dict`; UserError naming ``source`` if the weights do not fit."""
@@ -281,6 +257,7 @@ class Trainer:
         self.ema.steps = int(sd["ema_steps"])
         self.optimizer.load_state_dict(sd["optimizer"])
         self.failures.streak = int(sd.get("reward_failure_streak", 0))
+        self.scheme.load_state_dict(sd.get("scheme", {}))
 
     @contextmanager
     def _timed(self, times: dict, key: str):
