@@ -1,0 +1,336 @@
+"""Ranking of rollout schemes at equal training wall-clock, over seeds, with paired intervals.
+
+    python benchmarks/ranking.py [--budget-minutes 10 | --iterations N] [--seeds 5] [--jobs 2]
+        [--final-eval 16] [--curve-evals K] [--variants ...] [--set key=value ...] [--out runs/ranking]
+    python benchmarks/ranking.py --summarise-only --out runs/ranking
+
+Every variant is the preset (``--config``, TempFlow-GRPO on the shapes world) plus only the
+overrides of VARIANTS, printed in results.md. Three phases, each reusing finished work:
+
+1. Calibration (skipped with ``--iterations N``: equal iterations, said so in the results):
+   each variant trains ``--calibration-iterations`` (3) iterations alone, one process at a time,
+   with the threads a run will have (cores / jobs); seconds per iteration is the mean of
+   ``time/iteration`` without the first, model evaluations per iteration the mean of
+   ``count/nfe``. Each variant then trains floor(budget * 60 / s_per_iteration) iterations.
+   Random branch points make an iteration's cost vary, and runs sharing the machine (--jobs 2)
+   are slower than alone, so results.md also gives every run's measured training time.
+2. Runs: variants x seeds as ``tempflow train`` child processes, ``--jobs`` at a time (seed k of
+   every variant draws the same prompts in every iteration). In-run evaluations are off unless
+   ``--curve-evals K``: K evaluations per run at equal fractions of its iterations, with
+   ``--curve-images`` images per prompt and the run's own seed as noise.
+3. Final paired evaluation of every run (EMA weights) and of the base model with the same
+   ``tempflow eval --num N --steps S --seed 0``: the same prompts and initial noise for all.
+
+Statistics (benchmarks/ranking_stats.py): a variant's final pass rate and dense score are means
+over seeds with a 95% bootstrap interval resampling seeds and prompts within category; its
+difference to flowgrpo pairs seed k with seed k and image with image, with the same bootstrap.
+The table is sorted by the dense-score difference (the less noisy metric); "beats flowgrpo"
+says yes only when that interval lies above zero. The intervals are per comparison, not
+corrected for comparing eight variants with one reference.
+
+Time to flowgrpo's level, the primary figure: for seed k, the target is flowgrpo seed k's final
+held-out dense score, and the time is the training wall-clock (the sum of ``time/iteration``,
+evaluations excluded) at which the variant's seed k first scores at least that, as a fraction
+of flowgrpo seed k's training wall-clock. With ``--curve-evals`` the scores are the in-run
+evaluations (target: flowgrpo's last in-run one, measured the same way), so the time is an
+upper bound at the resolution of the evaluations; an early score at or above the target can
+be evaluation noise. Without in-run evaluations only the final paired evaluation exists: a seed
+has reached the target "by the end" or not, nothing finer is known. Per variant: the median
+over seeds, a seed that never reached counted as later than all others ("not reached" when
+half or more never did), and how many seeds reached it.
+
+Cost on a 2-core CPU (a default TempFlow iteration about 9 s at 2 threads; a 16-image
+evaluation of the 151 held-out prompts about 4.3 min at 2 threads, 2.2 min at 8 images): with
+V variants, S seeds, budget B minutes, J = 2 jobs and N images, roughly V x 1 min of
+calibration + V S B / 2 of training + (V S + 1) x 4.3 min x N / 16 of final evaluation. All 9
+variants x 5 seeds at B = 10, N = 16 take about 9 + 225 + 198 min, 7 h. About 4 h: 5 seeds,
+B = 5, N = 8 (9 + 113 + 99 min), or 3 seeds, B = 10, N = 8 (9 + 135 + 60 min); a 5-minute
+budget is about 20 TempFlow iterations at 1 thread, far fewer than the preset's 90, so such a
+ranking measures early training only. ``--curve-evals K`` adds K evaluations per run
+(at 4 images, about 1.1 min each).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+try:
+    import tempflow  # noqa: F401
+except ImportError:  # running from a checkout without installing
+    sys.path.insert(0, str(HERE.parent / "src"))
+import ranking_report as rr  # noqa: E402
+import ranking_stats as st  # noqa: E402
+from sample_efficiency import allow_own_imports, preset_path, run_commands  # noqa: E402
+from tempflow.utils.child_process import threads_per_job  # noqa: E402
+
+REFERENCE = "flowgrpo"
+VARIANTS = {
+    "flowgrpo": ["algorithm.scheme=flow_grpo", "algorithm.std=group", "algorithm.step_weight=none"],
+    "weighting-only": ["algorithm.scheme=flow_grpo", "algorithm.step_weight=tempflow"],
+    # 2 seeds x 4 branches = group_size 8 at all 9 steps: Flow-GRPO's transitions per prompt
+    "tempflow-paper": ["algorithm.scheme=branching", "algorithm.branch_points=all",
+                       "algorithm.step_weight=tempflow"],
+    "tempflow": [],  # the preset: 3 random branch points
+    "tempflow-adaptive": ["algorithm.branch_policy=adaptive"],
+    "tempflow-early": ["algorithm.branch_policy=early"],
+    "single-step": ["algorithm.scheme=single_step", "algorithm.step_weight=flash"],
+    "sde-window": ["algorithm.scheme=sde_window", "algorithm.window_size=3", "algorithm.step_weight=flash"],
+    "flowgrpo-cps": ["algorithm.scheme=flow_grpo", "algorithm.step_weight=none", "sampling.sde_type=cps"],
+}
+RUN_KEYS = ["run.save_every=0", "run.log_images_every=0"]  # no intermediate checkpoints or grids
+FINAL = "final-eval"  # in each run folder, and in --out for the base model
+
+
+# ---------------------------------------------------------------------------- configs
+
+def run_sets(variant: str, seed: int, out: Path, iterations: int, extra: list[str],
+             curve_evals: int = 0, curve_images: int = 4) -> list[str]:
+    """The --set overrides that turn the preset into one (variant, seed) run."""
+    every = max(1, iterations // curve_evals) if curve_evals else 0
+    sets = [*RUN_KEYS, f"run.eval_every={every}", *VARIANTS[variant], *extra]
+    if curve_evals:
+        sets.append(f"run.eval_images_per_prompt={curve_images}")
+    return sets + [f"train.seed={seed}", f"train.iterations={iterations}", f"run.out={out / variant / f'seed{seed}'}"]
+
+
+def calibration_sets(variant: str, out: Path, iterations: int, extra: list[str]) -> list[str]:
+    return [*RUN_KEYS, *VARIANTS[variant], *extra, "run.eval_every=0", "train.seed=0",
+            f"train.iterations={iterations}", f"run.out={out / 'calibration' / variant}"]
+
+
+def load(preset: str, sets: list[str]):
+    from tempflow.config import load_config
+
+    return load_config(preset_path(preset), sets)
+
+
+def finished(cfg) -> bool:
+    """The run folder holds this config and its final checkpoint."""
+    from tempflow.config import diff_configs
+    from tempflow.training.run_dir import saved_config
+
+    path = Path(cfg.run.out)
+    if not (path / "config.yaml").is_file():
+        return False
+    if [k for k in diff_configs(saved_config(path), cfg) if k != "run.overwrite"]:
+        return False
+    return (path / "checkpoints" / f"iter_{cfg.train.iterations:06d}").is_dir()
+
+
+def train_task(preset: str, sets: list[str], label: str, log: Path):
+    cmd = ["train", "--config", str(preset_path(preset)), "--overwrite", "--no-progress"]
+    for s in sets:
+        cmd += ["--set", s]
+    return label, cmd, log
+
+
+@contextmanager
+def threads(n: int):
+    """OMP_NUM_THREADS=n for child processes started inside (run_pool reads it)."""
+    old = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = str(n)
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["OMP_NUM_THREADS"]
+        else:
+            os.environ["OMP_NUM_THREADS"] = old
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def train_records(path: Path) -> list[dict]:
+    from tempflow.report.runs import load_run
+
+    return load_run(path).train
+
+
+# ---------------------------------------------------------------------------- phases
+
+def calibrate(args, out: Path) -> dict:
+    """{variant: s_per_iteration, nfe_per_iteration, ...}: each variant timed alone, in turn."""
+    path, n_threads = out / "calibration.json", threads_per_job(args.jobs)
+    cal = read_json(path)
+    for v in args.variants:
+        sets = calibration_sets(v, out, args.calibration_iterations, args.overrides)
+        if cal.get(v, {}).get("sets") == sets and cal[v].get("threads") == n_threads:
+            print(f"{v}: reusing calibration", file=sys.stderr)
+            continue
+        (out / "calibration").mkdir(parents=True, exist_ok=True)
+        with threads(n_threads):
+            run_commands([train_task(args.config, sets, f"calibrate {v}", out / "calibration" / f"{v}.log")], 1)
+        s_it, nfe = st.seconds_per_iteration(train_records(out / "calibration" / v))
+        cal[v] = {"sets": sets, "threads": n_threads, "timed_iterations": max(1, args.calibration_iterations - 1),
+                  "s_per_iteration": s_it, "nfe_per_iteration": nfe}
+        path.write_text(json.dumps(cal, indent=1) + "\n")
+    return cal
+
+
+def plan_runs(args, out: Path) -> dict:
+    """plan.json: how many iterations each variant gets and why (merged with earlier launches)."""
+    plan = read_json(out / "plan.json")
+    if args.iterations:
+        its = {v: args.iterations for v in args.variants}
+        plan.update(mode="iterations", budget_minutes=None)
+    else:
+        cal = calibrate(args, out)
+        its = {v: st.iterations_for_budget(args.budget_minutes, cal[v]["s_per_iteration"]) for v in args.variants}
+        plan.update(mode="budget", budget_minutes=args.budget_minutes)
+    plan.update(jobs=args.jobs, threads_per_run=threads_per_job(args.jobs), cpus=os.cpu_count(),
+                final_eval=args.final_eval, eval_steps=args.eval_steps, curve_evals=args.curve_evals,
+                overrides=args.overrides)
+    plan["iterations"] = {**plan.get("iterations", {}), **its}
+    (out / "plan.json").write_text(json.dumps(plan, indent=1) + "\n")
+    return plan
+
+
+def run_configs(args, out: Path, plan: dict):
+    for v in args.variants:
+        for seed in range(args.seeds):
+            sets = run_sets(v, seed, out, plan["iterations"][v], args.overrides, args.curve_evals, args.curve_images)
+            yield v, seed, sets, load(args.config, sets)
+
+
+def run_all(args, out: Path, plan: dict) -> None:
+    tasks = []
+    for v, seed, sets, cfg in run_configs(args, out, plan):
+        if finished(cfg):
+            print(f"{v} seed {seed}: reusing {cfg.run.out}", file=sys.stderr)
+        else:
+            shutil.rmtree(Path(cfg.run.out) / FINAL, ignore_errors=True)  # of an earlier training, if any
+            tasks.append(train_task(args.config, sets, f"{v} seed {seed}", out / f"{v}-seed{seed}.log"))
+    run_commands(tasks, args.jobs)
+
+
+def final_done(folder: Path, n: int, steps: int) -> bool:
+    ev = read_json(folder / "eval.json")
+    return ev.get("images_per_prompt") == n and ev.get("steps") == steps
+
+
+def final_evals(args, out: Path, plan: dict) -> None:
+    n, steps, tasks, base_cfg = args.final_eval, args.eval_steps, [], None
+    for v, seed, _, cfg in run_configs(args, out, plan):
+        run = Path(cfg.run.out)
+        base_cfg = base_cfg or cfg
+        if finished(cfg) and not final_done(run / FINAL, n, steps):
+            tasks.append((f"eval {v} seed {seed}", ["eval", str(run), "--num", str(n), "--steps", str(steps),
+                          "--seed", "0", *allow_own_imports(cfg), "--out", str(run / FINAL)], run / "final-eval.log"))
+    if base_cfg is not None and not final_done(out / FINAL, n, steps):
+        s = base_cfg.sampling
+        tasks.append(("eval base model", ["eval", "--model", base_cfg.model.name, "--prompts", base_cfg.prompts.eval,
+                                          "--steps", str(steps), "--shift", str(s.shift),
+                                          "--cfg", str(s.guidance_scale if s.use_cfg else 1.0), "--num", str(n),
+                                          "--seed", "0", "--out", str(out / FINAL)], out / "final-eval-base.log"))
+    run_commands(tasks, args.jobs)
+
+
+# ---------------------------------------------------------------------------- summarising
+
+def load_seed(path: Path) -> dict | None:
+    """One run: training totals, in-run evaluation curve and the final paired eval.json."""
+    from tempflow.report.runs import cumulative, load_run
+
+    run = load_run(path)
+    if not run.train:
+        return None
+    secs, nfe = cumulative(run.train, "time/iteration"), cumulative(run.train, "count/nfe")
+    curve = [{"iteration": e["iteration"], "seconds": secs[e["iteration"]], "nfe": nfe[e["iteration"]],
+              "pass_rate": e["eval/pass_rate"], "score": e.get("eval/score")}
+             for e in run.evals if "eval/pass_rate" in e and e["iteration"] in secs]
+    n = len(run.train)
+    final = path / FINAL / "eval.json"
+    return {"iterations": n, "seconds": secs[max(secs)], "nfe": nfe[max(nfe)],
+            "s_per_iteration": secs[max(secs)] / n, "nfe_per_iteration": nfe[max(nfe)] / n, "curve": curve,
+            "final": json.loads(final.read_text()) if final.is_file() else None}
+
+
+def summarise(out: Path, variants: list[str], n_boot: int = 4000) -> dict:
+    plan, cal = read_json(out / "plan.json"), read_json(out / "calibration.json")
+    runs = {}
+    for v in variants:
+        seeds = {int(d.name[4:]): load_seed(d) for d in sorted((out / v).glob("seed*")) if d.name[4:].isdigit()}
+        if seeds := {k: r for k, r in seeds.items() if r is not None}:
+            runs[v] = seeds
+    finals = {v: {k: r["final"] for k, r in rs.items() if r["final"]} for v, rs in runs.items()}
+    res = {}
+    for v, rs in runs.items():
+        row = {"overrides": VARIANTS.get(v, []), "seeds": sorted(rs), "iterations": plan.get("iterations", {}).get(v),
+               "calibration": {k: cal[v][k] for k in ("s_per_iteration", "nfe_per_iteration", "threads")}
+               if v in cal else None,
+               "measured": {x: sum(r[x] for r in rs.values()) / len(rs)
+                            for x in ("iterations", "seconds", "s_per_iteration", "nfe_per_iteration")},
+               "curves": {k: r["curve"] for k, r in rs.items()}}
+        if finals[v]:
+            evs = list(finals[v].values())
+            row["final"] = {m: st.level(evs, m, n_boot) for m in st.ROW_KEY}
+            if finals.get(REFERENCE):
+                row["vs_reference"] = {m: st.paired_difference(finals[v], finals[REFERENCE], m, n_boot)
+                                       for m in st.ROW_KEY}
+        if REFERENCE in runs:
+            row["time_to_reference"] = st.time_to_reference(rs, runs[REFERENCE])
+        res[v] = row
+    base = read_json(out / FINAL / "eval.json")
+    one = next((f for fs in finals.values() for f in fs.values()), base)
+    plan = {**plan, "final_eval": one.get("images_per_prompt"), "eval_steps": one.get("steps")} if one else plan
+    return {"plan": plan, "variants": res,
+            "base": {m: st.level([base], m, n_boot) for m in st.ROW_KEY} if base else None}
+
+
+def write_summary(out: Path, variants: list[str], n_boot: int = 4000) -> dict:
+    summary = summarise(out, variants, n_boot)
+    if not summary["variants"]:
+        raise SystemExit(f"no finished runs under {out}")
+    (out / "results.md").write_text(rr.markdown(summary, REFERENCE))
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    for x in ("iterations", "nfe", "wallclock"):
+        rr.plot(summary, x, out / f"ranking_vs_{x}.png")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--config", default="configs/shapes-tempflow.yaml", help="preset every variant starts from")
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--seeds", type=int, default=5, help="training seeds 0..N-1 per variant")
+    ap.add_argument("--budget-minutes", type=float, default=10.0, help="training wall-clock per run")
+    ap.add_argument("--iterations", type=int, default=None, help="equal iterations instead (no calibration)")
+    ap.add_argument("--calibration-iterations", type=int, default=3, help="timed: all but the first")
+    ap.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="config overrides for every run")
+    ap.add_argument("--jobs", type=int, default=1, help="runs at a time, cores / jobs threads each")
+    ap.add_argument("--final-eval", type=int, default=16, metavar="N", help="images per prompt, final evaluation")
+    ap.add_argument("--eval-steps", type=int, default=None, help="ODE steps of it (default: the preset's)")
+    ap.add_argument("--curve-evals", type=int, default=0, metavar="K", help="in-run evaluations per run (0: none)")
+    ap.add_argument("--curve-images", type=int, default=4, help="images per prompt of the in-run evaluations")
+    ap.add_argument("--bootstrap", type=int, default=4000, help="bootstrap resamples")
+    ap.add_argument("--out", default="runs/ranking", help="folder for the runs and the results")
+    ap.add_argument("--summarise-only", action="store_true", help="only (re)write the results of existing runs")
+    args = ap.parse_args(argv)
+    if args.jobs < 1 or args.seeds < 1 or args.final_eval < 1 or args.calibration_iterations < 1:
+        ap.error("--jobs, --seeds, --final-eval and --calibration-iterations must be at least 1")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not args.summarise_only:
+        args.eval_steps = args.eval_steps or load(args.config, args.overrides).sampling.eval_steps
+        plan = plan_runs(args, out)
+        run_all(args, out, plan)
+        final_evals(args, out, plan)
+    write_summary(out, args.variants, args.bootstrap)
+    print((out / "results.md").read_text())
+    print(f"wrote {out}/results.md, summary.json and ranking_vs_{{iterations,nfe,wallclock}}.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

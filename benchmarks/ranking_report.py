@@ -1,0 +1,116 @@
+"""results.md and the plots of benchmarks/ranking.py, from its summary (see that module)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import ranking_stats as st
+
+
+def interval(x: dict | None, signed: bool = False) -> str:
+    if not x:
+        return "–"
+    f = "+.3f" if signed else ".3f"
+    return f"{x['estimate']:{f}} [{x['lo']:{f}}, {x['hi']:{f}}]"
+
+
+def reach_text(t: dict | None) -> str:
+    if not t:
+        return "–"
+    tally = f"({t['reached']}/{t['seeds']} seeds)"
+    if t["median"] is None:
+        return f"not reached {tally}"
+    return f"by the end {tally}" if t["source"] == "final evaluation" else f"{t['median']:.2f} {tally}"
+
+
+def gain(row: dict) -> float:
+    d = (row.get("vs_reference") or {}).get("score")
+    return d["estimate"] if d else float("-inf")
+
+
+def markdown(summary: dict, ref: str = "flowgrpo") -> str:
+    plan, res = summary["plan"], summary["variants"]
+    n = plan.get("final_eval", "N")
+    if plan.get("mode") == "budget":
+        how = (f"Equal training wall-clock: {plan['budget_minutes']:g} minutes per run, iterations = "
+               "floor(budget / calibrated seconds per iteration).")
+    elif plan.get("mode") == "iterations":
+        how = "Equal iterations (`--iterations`), not equal wall-clock: no calibration was run."
+    else:
+        how = "No plan.json: iteration counts unknown."
+    lines = [how, "", f"Final held-out evaluation of every run and the base model at {n} images per prompt, "
+             f"the same initial noise (`tempflow eval --num {n} --steps {plan.get('eval_steps', 'S')} --seed 0`). "
+             "Intervals are 95% bootstrap intervals over seeds and prompts within category; Δ pairs each seed "
+             f"with {ref}'s same seed. Sorted by Δ dense score.", "",
+             f"| variant | overrides | iterations | s/it | model evals/it | train min | pass rate | dense score | "
+             f"Δ dense vs {ref} | Δ pass vs {ref} | beats {ref} | time to {ref}'s final "
+             "dense score |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+    for v, r in sorted(res.items(), key=lambda kv: (-gain(kv[1]), kv[0])):
+        c, m, fin, d = r["calibration"], r["measured"], r.get("final", {}), r.get("vs_reference") or {}
+        s_it = c["s_per_iteration"] if c else m["s_per_iteration"]
+        nfe = c["nfe_per_iteration"] if c else m["nfe_per_iteration"]
+        over = " ".join(f"`{o}`" for o in r["overrides"]) or "(the preset)"
+        lines.append(f"| {v} | {over} | {r['iterations'] or round(m['iterations'])} | {s_it:.2f} | {nfe:.0f} | "
+                     f"{m['seconds'] / 60:.1f} | {interval(fin.get('pass_rate'))} | {interval(fin.get('score'))} | "
+                     f"{interval(d.get('score'), True)} | {interval(d.get('pass_rate'), True)} | "
+                     f"{st.verdict(d.get('score')) if v != ref else '–'} | "
+                     f"{reach_text(r.get('time_to_reference'))} |")
+    if summary["base"]:
+        b = summary["base"]
+        lines += ["", f"Base model: pass rate {interval(b['pass_rate'])}, dense score {interval(b['score'])} "
+                  "(interval over prompts only)."]
+    lines += ["", "Columns: *s/it* and *model evals/it* from the calibration (each variant alone; the runs' own "
+              "mean when none); *train min*: measured training wall-clock per run, mean over seeds (evaluations "
+              "excluded; runs sharing the machine are slower than calibrated); *pass rate*, *dense score*: final "
+              "held-out means over seeds; *Δ*: paired difference to the reference; *beats*: yes only when the Δ "
+              f"dense interval lies above zero; *time to {ref}'s final dense score*: median over seeds of "
+              f"the fraction of {ref}'s training wall-clock at which the seed first scored {ref}'s "
+              "final dense score (in-run evaluations), or only whether it did by the end (final evaluation)."]
+    cal = {v: r["calibration"] for v, r in res.items() if r["calibration"]}
+    if cal:
+        lines += ["", "Calibration (each variant alone, one process at a time):", "",
+                  "| variant | threads | s/it | model evals/it | measured s/it in the runs |", "|---|---:|---:|---:|---:|"]
+        lines += [f"| {v} | {c['threads']} | {c['s_per_iteration']:.2f} | {c['nfe_per_iteration']:.0f} | "
+                  f"{res[v]['measured']['s_per_iteration']:.2f} |" for v, c in cal.items()]
+    if "jobs" in plan:
+        lines += ["", f"Runs: {plan['jobs']} at a time, {plan['threads_per_run']} thread(s) each on {plan['cpus']} "
+                  f"cores; extra overrides: {' '.join(plan['overrides']) or 'none'}."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: dict, x: str, path: Path) -> None:
+    """Dense score and pass rate against x: in-run curves (mean over seeds) where they exist, and
+    the final paired evaluation (mean, 95% interval) at the runs' end."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    key = {"iterations": "iteration", "nfe": "nfe", "wallclock": "seconds"}[x]
+    scale = {"iterations": 1.0, "nfe": 1e6, "wallclock": 60.0}[x]
+    fig, axes = plt.subplots(1, 2, figsize=(12.8, 4))
+    for ax, metric in zip(axes, ("score", "pass_rate")):
+        for i, (v, r) in enumerate(summary["variants"].items()):
+            curves = [c for c in r["curves"].values() if c]
+            n = min((len(c) for c in curves), default=0)
+            if n and all(p[metric] is not None for c in curves for p in c[:n]):
+                xs = np.mean([[p[key] for p in c[:n]] for c in curves], axis=0) / scale
+                ax.plot(xs, np.mean([[p[metric] for p in c[:n]] for c in curves], axis=0), "-", color=f"C{i}",
+                        marker="o", ms=3)
+            if r.get("final"):
+                m = r["measured"]
+                end = {"iteration": m["iterations"], "nfe": m["iterations"] * m["nfe_per_iteration"],
+                       "seconds": m["seconds"]}[key] / scale
+                f = r["final"][metric]
+                ax.errorbar([end], [f["estimate"]], yerr=[[f["estimate"] - f["lo"]], [f["hi"] - f["estimate"]]],
+                            fmt="s", color=f"C{i}", capsize=3)
+            ax.plot([], [], "s-", color=f"C{i}", label=v)
+        ax.set_xlabel({"iterations": "iteration", "nfe": "model evaluations in training (millions)",
+                       "wallclock": "training wall-clock (minutes)"}[x])
+        ax.set_ylabel(f"held-out {'dense score' if metric == 'score' else 'pass rate'}")
+        ax.set_title("lines: in-run evaluations; squares: final paired evaluation", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

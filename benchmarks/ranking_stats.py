@@ -1,0 +1,159 @@
+"""The statistics of benchmarks/ranking.py: pure functions on eval.json contents and metrics.
+
+Held-out metrics are GenEval-style: per prompt the mean over its images, per category the
+mean over its prompts, overall the mean over categories. Intervals come from one bootstrap
+that resamples both sources of variation that a ranking has:
+
+- training seeds, with replacement (seed k of a variant is paired with seed k of the
+  reference: with the same ``train.seed`` both draw the same prompts in every iteration);
+- held-out prompts within each category (clusters: a prompt's images move together), the same
+  prompt resample for every seed and both sides of a difference, as in tempflow.paired.
+
+A difference whose rows are all equal (identical evaluations, or all-pass against all-fail)
+has a degenerate interval: every resample gives the same number.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import numpy as np
+
+ROW_KEY = {"pass_rate": "passed", "score": "score"}  # metric -> per-image field of eval.json
+
+
+def prompt_means(ev: dict, metric: str) -> dict[str, dict[str, float]]:
+    """{category: {prompt: mean of the metric over its scored images}} of one eval.json
+    (images not scored, None or NaN, are left out; a prompt without scored images too)."""
+    acc: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for row in ev["images"]:
+        v = row.get(ROW_KEY[metric])
+        if v is not None and math.isfinite(float(v)):
+            acc[row["category"]][row["prompt"]].append(float(v))
+    return {c: {p: float(np.mean(v)) for p, v in ps.items()} for c, ps in sorted(acc.items())}
+
+
+def seed_matrix(evals: list[dict], metric: str) -> dict[str, np.ndarray]:
+    """{category: [seeds, prompts] per-prompt means}, over the prompts scored in every eval."""
+    tables = [prompt_means(ev, metric) for ev in evals]
+    cats = sorted(set.intersection(*(set(t) for t in tables)))
+    out = {}
+    for c in cats:
+        prompts = [p for p in tables[0][c] if all(p in t[c] for t in tables)]
+        if prompts:
+            out[c] = np.array([[t[c][p] for p in prompts] for t in tables], dtype=float)
+    return out
+
+
+def cluster_bootstrap(mats: dict[str, np.ndarray], n_boot: int = 4000, seed: int = 0) -> dict:
+    """Mean over categories of the [seeds, prompts] means, and its 95% bootstrap interval:
+    seeds resampled with replacement (the same draw for every category), prompts resampled
+    within each category. Returns {estimate, lo, hi, seeds, prompts}."""
+    if not mats:
+        raise ValueError("no category has a prompt scored in every evaluation")
+    n_seeds = next(iter(mats.values())).shape[0]
+    rng = np.random.default_rng(seed)
+    s_idx = rng.integers(0, n_seeds, size=(n_boot, n_seeds))
+    boot = np.zeros(n_boot)
+    for m in mats.values():
+        p_idx = rng.integers(0, m.shape[1], size=(n_boot, m.shape[1]))
+        boot += m[s_idx[:, :, None], p_idx[:, None, :]].mean(axis=(1, 2))
+    boot /= len(mats)
+    est = float(np.mean([m.mean() for m in mats.values()]))
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    # float rounding of equal resamples must not put the estimate outside its own interval
+    lo, hi = (est, est) if np.ptp(boot) < 1e-12 else (float(lo), float(hi))
+    return {"estimate": est, "lo": lo, "hi": hi, "seeds": n_seeds,
+            "prompts": int(sum(m.shape[1] for m in mats.values()))}
+
+
+def level(evals: list[dict], metric: str, n_boot: int = 4000) -> dict:
+    """A variant's final held-out metric: mean over its seeds, 95% interval (seeds x prompts)."""
+    return cluster_bootstrap(seed_matrix(evals, metric), n_boot)
+
+
+def paired_difference(variant: dict[int, dict], reference: dict[int, dict], metric: str,
+                      n_boot: int = 4000) -> dict | None:
+    """variant - reference over the seeds both have ({seed: eval.json}), seed k against seed k,
+    image rows against the same rows (same prompts, same noise). None without a common seed."""
+    common = sorted(set(variant) & set(reference))
+    if not common:
+        return None
+    both = seed_matrix([variant[k] for k in common] + [reference[k] for k in common], metric)
+    n = len(common)
+    diff = {c: m[:n] - m[n:] for c, m in both.items()}
+    return {**cluster_bootstrap(diff, n_boot), "common_seeds": common}
+
+
+def verdict(diff: dict | None) -> str:
+    """'yes' only when the whole 95% interval of the gain lies above zero."""
+    if diff is None:
+        return "–"
+    if diff["lo"] > 0:
+        return "yes"
+    return "no (worse)" if diff["hi"] < 0 else "no"
+
+
+# ---------------------------------------------------------------------------- wall-clock
+
+def seconds_per_iteration(train_records: list[dict], skip: int = 1) -> tuple[float, float]:
+    """(mean time/iteration, mean count/nfe) of a calibration run's training records, the first
+    ``skip`` iterations left out (warm-up) unless nothing would be left."""
+    recs = sorted(train_records, key=lambda r: r["iteration"])
+    timed = recs[skip:] or recs
+    if not timed:
+        raise ValueError("the calibration run logged no iteration")
+    return (float(np.mean([r["time/iteration"] for r in timed])),
+            float(np.mean([r["count/nfe"] for r in timed])))
+
+
+def iterations_for_budget(budget_minutes: float, s_per_iteration: float) -> int:
+    """floor(budget / seconds per iteration), at least 1."""
+    return max(1, math.floor(budget_minutes * 60 / s_per_iteration + 1e-9))
+
+
+def first_reaching(points: list[tuple[float, float]], target: float) -> float | None:
+    """Seconds of the first (seconds, score) point whose score is >= target; None: never."""
+    return next((t for t, s in sorted(points) if s >= target - 1e-9), None)
+
+
+def median_censored(times: list[float | None]) -> float | None:
+    """Median over seeds, a seed that never reached counted as later than every other
+    (None: the median itself was not reached)."""
+    if not times:
+        return None
+    vals = sorted(t if t is not None else math.inf for t in times)
+    n = len(vals)
+    med = vals[n // 2] if n % 2 else (vals[n // 2 - 1] + vals[n // 2]) / 2
+    return None if math.isinf(med) else float(med)
+
+
+def time_to_reference(runs: dict[int, dict], ref: dict[int, dict]) -> dict | None:
+    """When a variant first reaches the reference's final held-out dense score, per common seed.
+
+    runs, ref: {seed: {"seconds": training wall-clock, "curve": [{"seconds", "score"}, ...] of the
+    in-run evaluations, "final": final eval.json or None}}. With curves on both sides the target
+    of seed k is the reference's last in-run score and the points are the variant's in-run
+    evaluations; otherwise (final evaluations on both sides) the one point is the variant's final
+    score at its training wall-clock. Returns the source, per seed the fraction of the reference's
+    training wall-clock at which the variant first scored the target (None: never), their
+    censored median and how many seeds reached it; None without comparable seeds.
+    """
+    common = sorted(set(runs) & set(ref))
+    curves = all(r[k]["curve"] and r[k]["curve"][-1]["score"] is not None for r in (runs, ref) for k in common)
+    if not common or not (curves or all(runs[k]["final"] and ref[k]["final"] for k in common)):
+        return None
+    fractions = []
+    for k in common:
+        if curves:
+            target = ref[k]["curve"][-1]["score"]
+            points = [(c["seconds"], c["score"]) for c in runs[k]["curve"]]
+        else:
+            target = ref[k]["final"]["summary"]["eval/score"]
+            points = [(runs[k]["seconds"], runs[k]["final"]["summary"]["eval/score"])]
+        t = first_reaching(points, target)
+        fractions.append(None if t is None else t / ref[k]["seconds"])
+    return {"source": "in-run evaluations" if curves else "final evaluation", "fractions": fractions,
+            "median": median_censored(fractions), "reached": sum(f is not None for f in fractions),
+            "seeds": len(common)}

@@ -1,0 +1,240 @@
+"""benchmarks/ranking.py: variant configs, calibration, the statistics and the summary (no training)."""
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PRESET = "configs/shapes-tempflow.yaml"
+
+
+def bench(name):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def rk():
+    return bench("ranking")
+
+
+@pytest.fixture(scope="module")
+def st(rk):
+    import ranking_stats  # on sys.path once ranking.py is loaded
+
+    return ranking_stats
+
+
+# ------------------------------------------------------------------ variants
+
+OWN_KEYS = {
+    "flowgrpo": ["algorithm.scheme", "algorithm.step_weight"],  # algorithm.std=group is the preset's
+    "weighting-only": ["algorithm.scheme"],
+    "tempflow-paper": ["algorithm.branch_points"],
+    "tempflow": [],
+    "tempflow-adaptive": ["algorithm.branch_policy"],
+    "tempflow-early": ["algorithm.branch_policy"],
+    "single-step": ["algorithm.scheme", "algorithm.step_weight"],
+    "sde-window": ["algorithm.scheme", "algorithm.step_weight", "algorithm.window_size"],
+    "flowgrpo-cps": ["algorithm.scheme", "algorithm.step_weight", "sampling.sde_type"],
+}
+
+
+def test_variants_change_only_their_own_keys_and_validate(rk, tmp_path):
+    from tempflow.config import diff_configs, load_config
+
+    assert sorted(rk.VARIANTS) == sorted(OWN_KEYS)
+    preset = load_config(ROOT / PRESET)
+    base = rk.load(PRESET, rk.run_sets("tempflow", 0, tmp_path, 7, []))  # validated on loading
+    assert sorted(diff_configs(preset, base)) == ["run.eval_every", "run.log_images_every", "run.out", "run.save_every",
+                                          "train.iterations"]
+    for v, keys in OWN_KEYS.items():
+        cfg = rk.load(PRESET, rk.run_sets(v, 0, tmp_path, 7, []))
+        assert sorted(k for k in diff_configs(base, cfg) if k != "run.out") == keys, v
+        assert set(keys) <= {o.partition("=")[0] for o in rk.VARIANTS[v]}, v
+        assert cfg.run.out == str(tmp_path / v / "seed0") and cfg.run.eval_every == 0
+    paper = rk.load(PRESET, rk.run_sets("tempflow-paper", 3, tmp_path, 7, ["train.lr=5e-4"]))
+    a = paper.algorithm
+    # Flow-GRPO's transitions: seeds x branches = group size, at every trained step
+    assert a.branch_points == "all" and a.seeds_per_prompt * a.num_branches == a.group_size
+    assert paper.train.seed == 3 and paper.train.lr == 5e-4 and paper.train.iterations == 7
+    curve = rk.load(PRESET, rk.run_sets("flowgrpo", 0, tmp_path, 10, [], curve_evals=3, curve_images=2))
+    assert curve.run.eval_every == 3 and curve.run.eval_images_per_prompt == 2
+    cal = rk.load(PRESET, rk.calibration_sets("sde-window", tmp_path, 3, ["run.eval_every=5"]))
+    assert cal.run.eval_every == 0 and cal.train.iterations == 3 and cal.algorithm.window_size == 3
+
+
+# ------------------------------------------------------------------ calibration
+
+def test_iterations_from_a_calibration(st):
+    recs = [{"iteration": 1, "time/iteration": 9.0, "count/nfe": 100},
+            {"iteration": 0, "time/iteration": 30.0, "count/nfe": 90},  # warm-up: left out
+            {"iteration": 2, "time/iteration": 11.0, "count/nfe": 120}]
+    assert st.seconds_per_iteration(recs) == (10.0, 110.0)
+    assert st.seconds_per_iteration(recs[1:2]) == (30.0, 90.0)  # one iteration: nothing else to time
+    assert st.iterations_for_budget(10, 10.0) == 60
+    assert st.iterations_for_budget(10, 9.0) == 66  # floor(66.67)
+    assert st.iterations_for_budget(1, 6.0) == 10 and st.iterations_for_budget(0.1, 60.0) == 1
+
+
+def write_metrics(path, secs, nfe=100, evals=()):
+    """metrics.jsonl: one training record per entry of ``secs``, eval records (iteration, score)."""
+    path.mkdir(parents=True, exist_ok=True)
+    lines = [{"iteration": i, "reward/mean": 0.5, "time/iteration": s, "count/nfe": nfe} for i, s in enumerate(secs)]
+    lines += [{"iteration": i, "eval/pass_rate": sc / 2, "eval/score": sc} for i, sc in evals]
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+
+
+def test_calibration_times_each_variant_alone_and_is_reused(rk, tmp_path, monkeypatch):
+    calls = []
+
+    def fake_run_commands(tasks, jobs):
+        (label, cmd, log), = tasks
+        calls.append((label, jobs, os.environ["OMP_NUM_THREADS"]))
+        v = label.split()[-1]
+        write_metrics(tmp_path / "calibration" / v, [20.0, 6.0, 4.0] if v == "flowgrpo" else [9.0, 3.0, 3.0],
+                      nfe=1000 if v == "flowgrpo" else 600)
+
+    monkeypatch.setattr(rk, "run_commands", fake_run_commands)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    args = argparse.Namespace(
+        variants=["flowgrpo", "tempflow"], calibration_iterations=3, overrides=[], jobs=2, iterations=None,
+        budget_minutes=1.0, final_eval=16, eval_steps=10, curve_evals=0, config=PRESET)
+    plan = rk.plan_runs(args, tmp_path)
+    assert calls == [("calibrate flowgrpo", 1, "1"), ("calibrate tempflow", 1, "1")]  # in turn, 1 thread
+    assert "OMP_NUM_THREADS" not in os.environ
+    assert plan["iterations"] == {"flowgrpo": 12, "tempflow": 20} and plan["mode"] == "budget"
+    cal = json.loads((tmp_path / "calibration.json").read_text())
+    assert cal["flowgrpo"]["s_per_iteration"] == 5.0 and cal["tempflow"]["nfe_per_iteration"] == 600
+    rk.plan_runs(args, tmp_path)
+    assert len(calls) == 2  # reused
+    args.iterations = 5
+    assert rk.plan_runs(args, tmp_path)["iterations"] == {"flowgrpo": 5, "tempflow": 5}
+
+
+# ------------------------------------------------------------------ statistics
+
+PROMPTS = [("colors", "a red circle"), ("colors", "a blue square"), ("counting", "two circles")]
+
+
+def fake_eval(values, n=2):
+    """eval.json with ``n`` images per prompt of PROMPTS; values: one (passed, score) per image,
+    or a single pair for every image."""
+    if isinstance(values, tuple):
+        values = [values] * (len(PROMPTS) * n)
+    rows = [{"prompt": p, "category": c, "passed": v[0], "score": v[1]}
+            for (c, p), v in zip([cp for cp in PROMPTS for _ in range(n)], values)]
+    cats = {}
+    for r in rows:
+        if r["passed"] is not None:
+            cats.setdefault(r["category"], []).append(r)
+    summary = {f"eval/{m}": sum(sum(float(r[k]) for r in rs) / len(rs) for rs in cats.values()) / len(cats)
+               for m, k in (("pass_rate", "passed"), ("score", "score"))}
+    return {"images_per_prompt": n, "steps": 10, "summary": summary, "images": rows}
+
+
+ALL_PASS, ALL_FAIL = fake_eval((True, 1.0)), fake_eval((False, 0.0))
+
+
+def test_all_pass_against_all_fail_is_exactly_one_with_a_degenerate_interval(st):
+    for m in ("pass_rate", "score"):
+        d = st.paired_difference({0: ALL_PASS, 1: ALL_PASS}, {0: ALL_FAIL, 1: ALL_FAIL}, m, n_boot=500)
+        assert (d["estimate"], d["lo"], d["hi"]) == (1.0, 1.0, 1.0) and d["common_seeds"] == [0, 1]
+        assert st.verdict(d) == "yes"
+        worse = st.paired_difference({0: ALL_FAIL}, {0: ALL_PASS}, m, n_boot=500)
+        assert (worse["estimate"], worse["lo"], worse["hi"]) == (-1.0, -1.0, -1.0)
+        assert st.verdict(worse) == "no (worse)"
+
+
+def test_identical_evals_differ_by_zero_and_seeds_pair_by_number(st):
+    mixed = fake_eval([(True, 1.0), (False, 0.5), (True, 0.75), (True, 1.0), (False, 0.0), (False, 0.25)])
+    same = st.paired_difference({0: ALL_PASS, 1: mixed}, {0: ALL_PASS, 1: mixed, 2: ALL_FAIL}, "score", 500)
+    assert (same["estimate"], same["lo"], same["hi"]) == (0.0, 0.0, 0.0) and same["common_seeds"] == [0, 1]
+    assert st.verdict(same) == "no"
+    # the same evals under swapped seed numbers are no longer a zero difference
+    swapped = st.paired_difference({0: mixed, 1: ALL_PASS}, {0: ALL_PASS, 1: mixed}, "score", 500)
+    assert swapped["estimate"] == pytest.approx(0.0) and swapped["lo"] < 0 < swapped["hi"]
+    assert st.paired_difference({0: mixed}, {1: mixed}, "score") is None
+
+
+def test_level_is_the_geneval_mean_with_an_interval_over_seeds_and_prompts(st):
+    # colors: prompt 1 (1 + 0) / 2, prompt 2 (1 + 1) / 2 -> 0.75; counting: 0 -> overall 0.375
+    mixed = fake_eval([(True, 1.0), (False, 0.5), (True, 0.75), (True, 1.0), (False, 0.0), (None, None)])
+    lv = st.level([mixed], "pass_rate", n_boot=2000)
+    assert lv["estimate"] == pytest.approx(0.375) == mixed["summary"]["eval/pass_rate"]
+    assert lv["prompts"] == 3 and lv["seeds"] == 1
+    assert lv["lo"] == pytest.approx(0.25) and lv["hi"] == pytest.approx(0.5)  # colors' prompt resample
+    two = st.level([mixed, ALL_PASS], "pass_rate", n_boot=2000)
+    assert two["estimate"] == pytest.approx((0.375 + 1.0) / 2) and two["lo"] < two["estimate"] < two["hi"]
+    assert st.level([ALL_PASS, ALL_PASS], "score", 100) == {"estimate": 1.0, "lo": 1.0, "hi": 1.0, "seeds": 2,
+                                                            "prompts": 3}
+
+
+def test_time_to_reference(st):
+    assert st.first_reaching([(10.0, 0.5), (5.0, 0.7), (20.0, 0.8)], 0.7) == 5.0
+    assert st.first_reaching([(1.0, 0.1)], 0.7) is None
+    assert st.median_censored([0.5, None, 0.3]) == 0.5 and st.median_censored([0.2, 0.4]) == pytest.approx(0.3)
+    assert st.median_censored([None, None, 0.2]) is None and st.median_censored([]) is None
+    curve = lambda pts: [{"seconds": s, "score": v} for s, v in pts]  # noqa: E731
+    ref = {k: {"seconds": 100.0, "final": ALL_FAIL, "curve": curve([(0, 0.5), (50, 0.55), (100, 0.6)])}
+           for k in (0, 1)}
+    runs = {0: {"seconds": 90.0, "final": ALL_PASS, "curve": curve([(0, 0.5), (30, 0.62), (90, 0.7)])},
+            1: {"seconds": 90.0, "final": ALL_FAIL, "curve": curve([(0, 0.5), (30, 0.5), (90, 0.55)])}}
+    t = st.time_to_reference(runs, ref)
+    assert t["source"] == "in-run evaluations" and t["fractions"] == [0.3, None] and t["reached"] == 1
+    assert t["median"] is None  # one seed of two never reached: the median did not
+    runs[1]["curve"] = curve([(0, 0.5), (60, 0.6), (90, 0.7)])
+    assert st.time_to_reference(runs, ref)["median"] == pytest.approx(0.45)
+    for r in (*runs.values(), *ref.values()):
+        r["curve"] = []  # final evaluations only: reached by the end or not
+    t = st.time_to_reference(runs, ref)
+    assert t["source"] == "final evaluation" and t["fractions"] == [0.9, 0.9] and t["median"] == 0.9
+
+
+# ------------------------------------------------------------------ summary
+
+def fake_run(path, secs, final, evals=()):
+    write_metrics(path, secs, evals=evals)
+    (path / "final-eval").mkdir()
+    (path / "final-eval" / "eval.json").write_text(json.dumps(final))
+
+
+def test_summarise_only_writes_the_expected_numbers(rk, tmp_path):
+    for k in (0, 1):
+        fake_run(tmp_path / "flowgrpo" / f"seed{k}", [2.0, 2.0, 2.0], ALL_FAIL, evals=[(0, 0.5), (3, 0.6)])
+        fake_run(tmp_path / "weighting-only" / f"seed{k}", [4.0, 4.0, 4.0], ALL_PASS,
+                 evals=[(0, 0.5), (1, 0.55), (2, 0.65), (3, 0.7)])
+    (tmp_path / "final-eval").mkdir()
+    (tmp_path / "final-eval" / "eval.json").write_text(json.dumps(ALL_FAIL))
+    (tmp_path / "plan.json").write_text(json.dumps({"mode": "iterations", "iterations": {"flowgrpo": 3}}))
+    assert rk.main(["--summarise-only", "--out", str(tmp_path), "--variants", "flowgrpo", "weighting-only",
+                    "--bootstrap", "200"]) == 0
+    text = (tmp_path / "results.md").read_text()
+    assert "Equal iterations (`--iterations`), not equal wall-clock" in text
+    assert "at 2 images per prompt, the same initial noise (`tempflow eval --num 2 --steps 10 --seed 0`)" in text
+    rows = [line for line in text.splitlines() if line.startswith("| ")][1:]
+    assert rows[0].startswith("| weighting-only |") and rows[1].startswith("| flowgrpo |")  # sorted by gain
+    # weighting-only passes everything flowgrpo fails, on every seed: +1 exactly; it first scores
+    # flowgrpo's last in-run score 0.6 after 2 iterations x 4 s = 8 s, 1.33 x flowgrpo's 3 x 2 s
+    assert ("| weighting-only | `algorithm.scheme=flow_grpo` `algorithm.step_weight=tempflow` | 3 | 4.00 | 100 | "
+            "0.2 | 1.000 [1.000, 1.000] | 1.000 [1.000, 1.000] | +1.000 [+1.000, +1.000] | +1.000 [+1.000, +1.000] | "
+            "yes | 1.33 (2/2 seeds) |") == rows[0]
+    assert "| flowgrpo |" in rows[1] and "| 0.000 [0.000, 0.000] | +0.000 [+0.000, +0.000] |" in rows[1]
+    assert rows[1].endswith("| – | 1.00 (2/2 seeds) |")
+    assert "Base model: pass rate 0.000 [0.000, 0.000]" in text
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    w = summary["variants"]["weighting-only"]
+    assert w["vs_reference"]["score"]["estimate"] == 1.0
+    assert w["time_to_reference"]["fractions"] == [pytest.approx(8 / 6)] * 2
+    assert w["measured"]["seconds"] == 12.0 and w["iterations"] is None
+    for x in ("iterations", "nfe", "wallclock"):
+        assert (tmp_path / f"ranking_vs_{x}.png").stat().st_size > 0
+    assert not math.isnan(summary["variants"]["flowgrpo"]["final"]["score"]["estimate"])
