@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import sys
@@ -94,7 +95,7 @@ FINAL = "final-eval"  # in each run folder, and in --out for the base model
 def run_sets(variant: str, seed: int, out: Path, iterations: int, extra: list[str],
              curve_evals: int = 0, curve_images: int = 4) -> list[str]:
     """The --set overrides that turn the preset into one (variant, seed) run."""
-    every = max(1, iterations // curve_evals) if curve_evals else 0
+    every = math.ceil(iterations / curve_evals) if curve_evals else 0  # the last one at the end
     sets = [*RUN_KEYS, f"run.eval_every={every}", *VARIANTS[variant], *extra]
     if curve_evals:
         sets.append(f"run.eval_images_per_prompt={curve_images}")

@@ -69,7 +69,8 @@ def markdown(summary: dict, ref: str = "flowgrpo") -> str:
     cal = {v: r["calibration"] for v, r in res.items() if r["calibration"]}
     if cal:
         lines += ["", "Calibration (each variant alone, one process at a time):", "",
-                  "| variant | threads | s/it | model evals/it | measured s/it in the runs |", "|---|---:|---:|---:|---:|"]
+                  "| variant | threads | s/it | model evals/it | measured s/it in the runs |",
+                  "|---|---:|---:|---:|---:|"]
         lines += [f"| {v} | {c['threads']} | {c['s_per_iteration']:.2f} | {c['nfe_per_iteration']:.0f} | "
                   f"{res[v]['measured']['s_per_iteration']:.2f} |" for v, c in cal.items()]
     if "jobs" in plan:

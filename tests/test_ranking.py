@@ -66,7 +66,7 @@ def test_variants_change_only_their_own_keys_and_validate(rk, tmp_path):
     assert a.branch_points == "all" and a.seeds_per_prompt * a.num_branches == a.group_size
     assert paper.train.seed == 3 and paper.train.lr == 5e-4 and paper.train.iterations == 7
     curve = rk.load(PRESET, rk.run_sets("flowgrpo", 0, tmp_path, 10, [], curve_evals=3, curve_images=2))
-    assert curve.run.eval_every == 3 and curve.run.eval_images_per_prompt == 2
+    assert curve.run.eval_every == 4 and curve.run.eval_images_per_prompt == 2  # after 4, 8 and 10
     cal = rk.load(PRESET, rk.calibration_sets("sde-window", tmp_path, 3, ["run.eval_every=5"]))
     assert cal.run.eval_every == 0 and cal.train.iterations == 3 and cal.algorithm.window_size == 3
 
