@@ -16,8 +16,8 @@ overrides of VARIANTS, printed in results.md. Three phases, each reusing finishe
    are slower than alone, so results.md also gives every run's measured training time.
 2. Runs: variants x seeds as ``tempflow train`` child processes, ``--jobs`` at a time (seed k of
    every variant draws the same prompts in every iteration). In-run evaluations are off unless
-   ``--curve-evals K``: K evaluations per run at equal fractions of its iterations, with
-   ``--curve-images`` images per prompt and the run's own seed as noise.
+   ``--curve-evals K``: one before training and one every ceil(iterations / K) iterations, the
+   last at the end, with ``--curve-images`` images per prompt and the run's own seed as noise.
 3. Final paired evaluation of every run (EMA weights) and of the base model with the same
    ``tempflow eval --num N --steps S --seed 0``: the same prompts and initial noise for all.
 
@@ -46,8 +46,8 @@ calibration + V S B / 2 of training + (V S + 1) x 4.3 min x N / 16 of final eval
 variants x 5 seeds at B = 10, N = 16 take about 9 + 225 + 198 min, 7 h. About 4 h: 5 seeds,
 B = 5, N = 8 (9 + 113 + 99 min), or 3 seeds, B = 10, N = 8 (9 + 135 + 60 min); a 5-minute
 budget is about 20 TempFlow iterations at 1 thread, far fewer than the preset's 90, so such a
-ranking measures early training only. ``--curve-evals K`` adds K evaluations per run
-(at 4 images, about 1.1 min each).
+ranking measures early training only. ``--curve-evals K`` adds K + 1 evaluations per run
+(at 4 images, about 1.1 min each at 2 threads).
 """
 
 from __future__ import annotations
