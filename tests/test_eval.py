@@ -74,13 +74,13 @@ def test_full_finetuning_run_is_refused(tmp_path, tiny_shapes_checkpoint):
 def test_eval_run_folder_writes_json_grids_and_table(tmp_path, tiny_shapes_checkpoint, capsys):
     run = make_run(tmp_path, tiny_shapes_checkpoint)
     out = tmp_path / "ev"
-    assert main(["eval", str(run), "--num", "2", "--out", str(out)]) == 0
+    assert main(["eval", str(run), "--num", "1", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     data = json.loads((out / "eval.json").read_text())
     # the run's config decides the sampler and the reward; the run's LoRA is loaded
     assert data["steps"] == 3 and data["reward"] == "shapes" and data["lora"] == str(run / "lora")
     heldout = PromptSet.load("shapes:heldout")
-    assert len(data["images"]) == 2 * len(heldout.prompts)
+    assert len(data["images"]) == len(heldout.prompts)
     cats = sorted(set(heldout.categories))
     assert sorted(c for c in data["table"] if c != "overall") == cats
     for c in cats:
@@ -99,28 +99,40 @@ def test_eval_of_a_weighted_reward_run_scores_with_the_weighted_reward(tmp_path,
     # 0.5 * dense shapes + 2 * brightness: the eval mean is that sum, not either component alone
     run = make_run(tmp_path, tiny_shapes_checkpoint, reward={"name": "weighted", "components": [
         {"name": "shapes", "weight": 0.5}, {"name": "brightness", "weight": 2.0}]})
+    prompts = PromptSet.load("shapes:heldout")
+    short = PromptSet(prompts.prompts[::10], prompts.categories[::10])  # 16 prompts, every category
+    listing = tmp_path / "prompts.txt"
+    listing.write_text("\n".join(short.prompts) + "\n")
     out = tmp_path / "ev"
-    assert main(["eval", str(run), "--num", "1", "--out", str(out)]) == 0
+    assert main(["eval", str(run), "--num", "1", "--prompts", str(listing), "--out", str(out)]) == 0
     data = json.loads((out / "eval.json").read_text())
-    assert data["reward"] == "weighted"
+    assert data["reward"] == "weighted" and len(data["images"]) == len(short.prompts)
     from tempflow.models import load_model
     from tempflow.rewards import build_reward
     model = load_model(str(tiny_shapes_checkpoint))
     model.load_lora(run / "lora")
-    res = evaluate_prompts(model, PromptSet.load("shapes:heldout"), build_reward("brightness"), 1, 3,
-                           3.0, 3.0, 0, verify=True)
+    res = evaluate_prompts(model, short, build_reward("brightness"), 1, 3, 3.0, 3.0, 0, verify=True)
     expected = 0.5 * res.score.mean() + 2.0 * res.reward.mean()
     assert data["summary"]["eval/reward"] == pytest.approx(float(expected), abs=1e-4)
 
 
 def test_flags_override_the_run_config(tmp_path, tiny_shapes_checkpoint):
     run = make_run(tmp_path, tiny_shapes_checkpoint)
+    listing = tmp_path / "prompts.txt"
+    listing.write_text("a red circle\ntwo blue squares\n")
     out = tmp_path / "ev"
-    assert main(["eval", str(run), "--num", "1", "--steps", "2", "--cfg", "1", "--split", "train",
+    assert main(["eval", str(run), "--num", "1", "--steps", "2", "--cfg", "1", "--prompts", str(listing),
                  "--out", str(out)]) == 0
     data = json.loads((out / "eval.json").read_text())
-    assert data["steps"] == 2 and data["guidance_scale"] == 1.0 and data["prompts"] == "shapes:train"
-    assert len(data["images"]) == len(PromptSet.load("shapes:train").prompts)
+    assert data["steps"] == 2 and data["guidance_scale"] == 1.0 and data["prompts"] == str(listing)
+    assert len(data["images"]) == 2
+    # --split names a shapes list (resolved without evaluating its 3,099 prompts)
+    import argparse
+    from tempflow.cli.eval_cmd import _settings
+    target = resolve_target(str(run))
+    flags = dict(prompts=None, split="train", steps=None, shift=None, cfg=None, reward=None, reward_set=[])
+    assert _settings(argparse.Namespace(**flags), target)["prompts"] == "shapes:train"
+    assert _settings(argparse.Namespace(**{**flags, "split": None}), target)["prompts"] == "shapes:heldout"
 
 
 def test_same_seed_same_noise_for_any_model(tmp_path, tiny_shapes_checkpoint):
