@@ -146,6 +146,20 @@ def allow_own_imports(cfg) -> list[str]:
     return [a for m in sorted({p.partition(":")[0].strip() for _, p in paths}) for a in ("--allow-import", m)]
 
 
+def base_reward_flags(cfg) -> list[str]:
+    """--reward (and --reward-set, --allow-import) for the base model's evaluation, so it is
+    scored with the runs' reward as their own evaluations are (they read it from their config).
+    A weighted reward cannot be named on the command line: the base then gets none, and prompts
+    of the shapes world are still scored by the verifier."""
+    r = cfg.reward
+    if r.components:
+        return []
+    flags = ["--reward", r.name, *allow_own_imports(cfg)]
+    for key, value in r.kwargs.items():  # JSON is YAML, which --reward-set reads
+        flags += ["--reward-set", f"{key}={json.dumps(value)}"]
+    return flags
+
+
 def final_evals(args) -> None:
     """``tempflow eval`` of every finished run's last weights and of the base model with
     ``args.final_eval`` images per prompt, the same initial noise (--seed 0) for all."""
@@ -167,7 +181,8 @@ def final_evals(args) -> None:
         tasks.append(("eval base model", ["eval", "--model", base_cfg.model.name, "--prompts", base_cfg.prompts.eval,
                                           "--steps", str(s.eval_steps), "--shift", str(s.shift),
                                           "--cfg", str(s.guidance_scale if s.use_cfg else 1.0), "--num", str(n),
-                                          "--seed", "0", "--out", str(out / FINAL)], out / "final-eval-base.log"))
+                                          "--seed", "0", *base_reward_flags(base_cfg), "--out", str(out / FINAL)],
+                       out / "final-eval-base.log"))
     run_commands(tasks, args.jobs)
 
 

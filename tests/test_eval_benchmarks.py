@@ -87,8 +87,10 @@ def test_summary_means_thresholds_and_gain_per_nfe(tmp_path):
 @pytest.mark.slow
 def test_sample_efficiency_smoke(tmp_path, tiny_shapes_checkpoint):
     out = tmp_path / "se"
+    evals = tmp_path / "eval.txt"  # a short held-out list: 5 runs evaluate it 3 times each, plus final evals
+    evals.write_text("a red circle\ntwo blue squares\na green triangle left of a red square\n")
     args = ["--seeds", "2", "--iterations", "2", "--variants", "flowgrpo", "tempflow-r1", "--out", out,
-            "--set", f"model.name={tiny_shapes_checkpoint}", *TINY, "run.eval_every=1",
+            "--set", f"model.name={tiny_shapes_checkpoint}", *TINY, f"prompts.eval={evals}", "run.eval_every=1",
             "run.eval_images_per_prompt=1", "run.log_images_every=0"]
     res = run_script("sample_efficiency", *args, "--jobs", "2")  # child `tempflow train` processes
     assert json.loads((out / "launch.json").read_text())["tempflow-r1"]["jobs"] == 2
