@@ -69,7 +69,7 @@ except ImportError:  # running from a checkout without installing
     sys.path.insert(0, str(HERE.parent / "src"))
 import ranking_report as rr  # noqa: E402
 import ranking_stats as st  # noqa: E402
-from sample_efficiency import allow_own_imports, base_reward_flags, preset_path, run_commands  # noqa: E402
+from sample_efficiency import allow_own_imports, base_eval_task, preset_path, run_commands  # noqa: E402
 from tempflow.utils.child_process import threads_per_job  # noqa: E402
 
 REFERENCE = "flowgrpo"
@@ -228,12 +228,7 @@ def final_evals(args, out: Path, plan: dict) -> None:
             tasks.append((f"eval {v} seed {seed}", ["eval", str(run), "--num", str(n), "--steps", str(steps),
                           "--seed", "0", *allow_own_imports(cfg), "--out", str(run / FINAL)], run / "final-eval.log"))
     if base_cfg is not None and not final_done(out / FINAL, n, steps):
-        s = base_cfg.sampling
-        tasks.append(("eval base model", ["eval", "--model", base_cfg.model.name, "--prompts", base_cfg.prompts.eval,
-                                          "--steps", str(steps), "--shift", str(s.shift),
-                                          "--cfg", str(s.guidance_scale if s.use_cfg else 1.0), "--num", str(n),
-                                          "--seed", "0", *base_reward_flags(base_cfg), "--out", str(out / FINAL)],
-                                         out / "final-eval-base.log"))
+        tasks.append(base_eval_task(base_cfg, n, steps, out / FINAL))
     run_commands(tasks, args.jobs)
 
 

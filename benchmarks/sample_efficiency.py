@@ -160,6 +160,17 @@ def base_reward_flags(cfg) -> list[str]:
     return flags
 
 
+def base_eval_task(cfg, n: int, steps: int, folder: Path) -> tuple[str, list[str], Path]:
+    """The run_commands task that evaluates the base model of ``cfg`` as its runs are evaluated:
+    its held-out prompts, sampler and reward, ``n`` images per prompt, seed 0, into ``folder``."""
+    s = cfg.sampling
+    return ("eval base model", ["eval", "--model", cfg.model.name, "--prompts", cfg.prompts.eval,
+                                "--steps", str(steps), "--shift", str(s.shift),
+                                "--cfg", str(s.guidance_scale if s.use_cfg else 1.0), "--num", str(n),
+                                "--seed", "0", *base_reward_flags(cfg), "--out", str(folder)],
+            folder.parent / "final-eval-base.log")
+
+
 def final_evals(args) -> None:
     """``tempflow eval`` of every finished run's last weights and of the base model with
     ``args.final_eval`` images per prompt, the same initial noise (--seed 0) for all."""
@@ -177,12 +188,7 @@ def final_evals(args) -> None:
                                                              *allow_own_imports(cfg), "--out", str(run / FINAL)],
                                run / "final-eval.log"))
     if base_cfg is not None and not final_done(out / FINAL, n):
-        s = base_cfg.sampling
-        tasks.append(("eval base model", ["eval", "--model", base_cfg.model.name, "--prompts", base_cfg.prompts.eval,
-                                          "--steps", str(s.eval_steps), "--shift", str(s.shift),
-                                          "--cfg", str(s.guidance_scale if s.use_cfg else 1.0), "--num", str(n),
-                                          "--seed", "0", *base_reward_flags(base_cfg), "--out", str(out / FINAL)],
-                       out / "final-eval-base.log"))
+        tasks.append(base_eval_task(base_cfg, n, base_cfg.sampling.eval_steps, out / FINAL))
     run_commands(tasks, args.jobs)
 
 
