@@ -89,6 +89,22 @@ def test_eval_of_a_checkpoint_equals_eval_of_its_export(run, tmp_path):
     assert a["checkpoint"] == 1 and a["images"] == b["images"]
 
 
+def test_raw_weights_of_a_checkpoint_load_and_evaluate(run, tmp_path):
+    from tempflow.training.export import load_run_model
+
+    ckpt = load_file(str(run / "run" / "checkpoints" / "iter_000002" / "weights.safetensors"))
+    for weights, prefix in (("ema", "ema."), ("raw", "params.")):
+        model = load_run_model(run / "run", 2, weights=weights)[0]
+        loaded = {n: p for n, p in model.transformer.named_parameters() if "lora" in n}
+        assert loaded and all(torch.equal(p, ckpt[prefix + n]) for n, p in loaded.items()), weights
+    # EMA decay 0.5 every step: after two steps the shadow differs from the raw weights
+    assert any(not torch.equal(ckpt["ema." + n], ckpt["params." + n]) for n in loaded)
+    common = ["--prompts", run / "eval.txt", "--num", 1, "--steps", 2]
+    code, err = cli("eval", run / "run", "--checkpoint", 2, "--weights", "raw", *common, "--out", tmp_path / "r")
+    assert code == 0, err
+    assert json.loads((tmp_path / "r" / "eval.json").read_text())["weights"] == "raw"
+
+
 def test_newest_export_equals_the_runs_own_lora(run, tmp_path):
     code, err = cli("export", run / "run", "--out", tmp_path / "newest")
     assert code == 0, err
@@ -119,6 +135,7 @@ def test_merged_weights_sample_like_base_plus_lora(run, tmp_path):
     (["train", "--from-checkpoint", "1"], "goes with --resume"),
     (["eval", "{run}", "--checkpoint", "9"], "has no checkpoint 9"),
     (["eval", "--checkpoint", "1"], "give the run folder as TARGET"),
+    (["eval", "{run}", "--weights", "raw"], "give --checkpoint N too"),
 ])
 def test_bad_checkpoint_choices_are_one_line(run, tmp_path, argv, expect):
     before = sorted(p.relative_to(run) for p in run.rglob("*"))

@@ -24,6 +24,9 @@ def add_parser(sub) -> None:
     p.add_argument("--checkpoint", type=A.int_in(0), default=None, metavar="N",
                    help="with a run folder as TARGET: its checkpoint after N iterations (EMA weights) "
                    "instead of its lora/")
+    p.add_argument("--weights", choices=("ema", "raw"), default="ema",
+                   help="with --checkpoint: the EMA weights (default, what the run exports) or the raw "
+                   "trained weights")
     p.add_argument("--prompts", default=None, metavar="SPEC",
                    help="'shapes:<split>', 'ocr:<split>', a GenEval metadata .jsonl or a prompt file "
                    "(default: the run's prompts.eval, else shapes:heldout)")
@@ -80,6 +83,9 @@ def _check(args) -> None:
     from tempflow.cli.args import writable_folder
     from tempflow.errors import UserError
 
+    if args.weights != "ema" and args.checkpoint is None:
+        raise UserError("--weights picks a checkpoint's EMA or raw weights; give --checkpoint N too "
+                        "(a run's lora/ holds the EMA weights only)")
     if args.reward_set and args.reward is None:
         raise UserError("--reward-set gives arguments to --reward's factory; give --reward NAME too")
     if args.out is not None:
@@ -121,7 +127,7 @@ def run(args) -> int:
         reward = build_reward(s["reward"], **s["reward_kwargs"]) if s["reward"] else None
     if args.checkpoint is not None:
         from tempflow.training.export import load_run_model
-        model = load_run_model(args.target, args.checkpoint, device=device)[0]
+        model = load_run_model(args.target, args.checkpoint, device=device, weights=args.weights)[0]
     else:
         model = load_model(target.model, device=device)
         if target.lora:
@@ -133,7 +139,8 @@ def run(args) -> int:
     print(f"({len(res.prompts)} images, {args.num} per prompt, {s['steps']} steps, shift {s['shift']}, "
           f"cfg {s['guidance_scale']}, seed {args.seed}, {time.time() - t0:.1f}s)")
     if args.out:
-        meta = {"target": args.target, "checkpoint": args.checkpoint, "model": target.model or "shapes",
+        meta = {"target": args.target, "checkpoint": args.checkpoint,
+                "weights": args.weights if args.checkpoint is not None else None, "model": target.model or "shapes",
                 "lora": str(target.lora) if target.lora else None, "prompts": s["prompts"],
                 "reward": s["reward"], "images_per_prompt": args.num, "steps": s["steps"],
                 "shift": s["shift"], "guidance_scale": s["guidance_scale"], "seed": args.seed}

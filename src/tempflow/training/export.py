@@ -2,7 +2,8 @@
 diffusers-format LoRA with a model card (``tempflow export``), or merged into full weights.
 
 A checkpoint holds the trainable weights and their EMA; what the run exports (and what this
-module loads) are the EMA weights, as in the run's own ``lora/``.
+module loads by default) are the EMA weights, as in the run's own ``lora/``. The raw (not
+averaged) weights load with ``weights="raw"``, to measure what the EMA adds.
 """
 
 from __future__ import annotations
@@ -52,8 +53,15 @@ def run_config(ckpt: ckpt_io.Checkpoint, run: Path):
     return config_from_dict(recorded) if isinstance(recorded, dict) else saved_config(run)
 
 
-def load_run_model(run: str | Path, iteration: int | None = None, device: str | torch.device = "cpu"):
-    """(model with the checkpoint's EMA weights, its config, the checkpoint)."""
+WEIGHTS = ("ema", "raw")
+
+
+def load_run_model(run: str | Path, iteration: int | None = None, device: str | torch.device = "cpu",
+                   weights: str = "ema"):
+    """(model with the checkpoint's EMA weights, or its raw trainable weights with
+    ``weights="raw"``; its config; the checkpoint)."""
+    if weights not in WEIGHTS:
+        raise UserError(f"weights {weights!r} is not one of {', '.join(WEIGHTS)}")
     from tempflow.models import load_model
 
     run = Path(run).expanduser()
@@ -68,13 +76,14 @@ def load_run_model(run: str | Path, iteration: int | None = None, device: str | 
     names = {id(p): n for n, p in model.transformer.named_parameters()}
     params = {names.get(id(p), f"param{i}"): p for i, p in enumerate(model.trainable_parameters())}
     tensors, _ = ckpt_io.load_checkpoint(ckpt)
-    ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
-    if {n: tuple(p.shape) for n, p in params.items()} != {n: tuple(t.shape) for n, t in ema.items()}:
+    prefix = "ema." if weights == "ema" else "params."
+    chosen = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    if {n: tuple(p.shape) for n, p in params.items()} != {n: tuple(t.shape) for n, t in chosen.items()}:
         raise UserError(f"checkpoint {ckpt.path} does not fit the model its config names "
                         f"({cfg.model.name!r}); was the base model replaced?")
     with torch.no_grad():
         for n, p in params.items():
-            p.copy_(ema[n].to(p.dtype))
+            p.copy_(chosen[n].to(p.dtype))
     model.transformer.requires_grad_(False)
     return model, cfg, ckpt
 
