@@ -70,6 +70,7 @@ def test_option_fields_are_validated():
     assert TrainConfig().sampling.sde_type == "sde" and TrainConfig().algorithm.tied_groups == "drop"
     for bad, field in [(["sampling.sde_type=ode"], "sampling.sde_type"),
                        (["sampling.sde_type=cps", "sampling.noise_level=1.5"], "sampling.noise_level"),
+                       (["sampling.sde_type=cps", "sampling.train_fraction=1"], "sampling.train_fraction"),
                        (["algorithm.step_weight=flat"], "algorithm.step_weight"),
                        (["algorithm.tied_groups=keep"], "algorithm.tied_groups"),
                        (["algorithm.scheme=single_step", "algorithm.sde_step=9"], "algorithm.sde_step"),
@@ -78,6 +79,8 @@ def test_option_fields_are_validated():
                        (["algorithm.window_size=0"], "algorithm.window_size")]:
         with pytest.raises(UserError, match=field.replace(".", r"\.")):
             load_config(None, bad)
+    # Flow-GRPO's SDE step keeps noise on its last step (s_j = g_j sqrt(sigma_j) > 0): all may train
+    assert load_config(None, ["sampling.train_fraction=1"]).trained_steps() == list(range(10))
     # scheme-specific settings are only checked for their scheme
     assert load_config(None, ["algorithm.sde_step=9"]).algorithm.sde_step == 9
 

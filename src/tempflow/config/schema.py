@@ -130,6 +130,9 @@ class SamplingConfig(_Section):
         if self.sde_type == "cps":
             self._need("noise_level", self.noise_level <= 1, "<= 1 with sde_type cps",
                        "CPS's std is sigma_next sin(a pi / 2), defined for a in [0, 1]")
+            self._need("train_fraction", len(self.trained_steps()) < self.steps,
+                       f"< 1 with sde_type cps (at most {self.steps - 1} of {self.steps} steps trained)",
+                       "CPS's last step ends at sigma = 0 with std 0, so it has no log-probability")
 
     @property
     def use_cfg(self) -> bool:
