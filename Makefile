@@ -12,6 +12,9 @@ else
 PY := $(CURDIR)/.venv/bin/python
 endif
 PYTEST_ARGS ?=
+# test files run in parallel worker processes, one torch thread each (tests/conftest.py);
+# TEST_WORKERS=0 runs them in this process
+TEST_WORKERS ?= 2
 
 .PHONY: install demo test test-fast
 
@@ -29,8 +32,8 @@ demo: install
 	$(PY) -m tempflow report runs/shapes-tempflow --out out/demo/report.html
 
 test: install
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # quick local loop: everything except the slow end-to-end tests
 test-fast: install
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow" $(PYTEST_ARGS)

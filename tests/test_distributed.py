@@ -7,7 +7,6 @@ the model loads; reward placement and the spreading of remote reward requests ov
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +17,7 @@ import pytest
 import torch
 import yaml
 
+from ports import free_port, port_args
 from tempflow.training import checkpoint as ck
 from test_resume import env, finish, make_tiny_model, metrics, run_config, wait_lines
 
@@ -28,12 +28,6 @@ FSDP = ["--config_file", str(ROOT / "configs" / "accelerate" / "fsdp.yaml"), "--
 COMMON = ["--mixed_precision", "no", "--dynamo_backend", "no"]
 KILLED_RUN = 4  # iterations of the killed-and-resumed run
 needs_launcher = pytest.mark.skipif(not LAUNCHER.exists(), reason="accelerate launcher not installed")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _one_process(root: Path, lora: dict | None):
@@ -74,7 +68,7 @@ def assert_matches(a: dict, b: dict) -> None:
 def assert_launch_matches(a: dict, launch: list[str], cfg: Path, out: Path, engine: str) -> None:
     """One iteration under ``accelerate launch`` with ``launch``: the engine it reports is
     ``engine`` and its result matches the one-process result ``a``."""
-    res = subprocess.run([str(LAUNCHER), "launch", *launch, *COMMON, str(WORKER), str(cfg), str(out)],
+    res = subprocess.run([str(LAUNCHER), "launch", *launch, *port_args(), *COMMON, str(WORKER), str(cfg), str(out)],
                          capture_output=True, text=True, timeout=900, env=env())
     assert res.returncode == 0, res.stderr[-3000:]
     b = torch.load(out)
@@ -158,8 +152,8 @@ def test_fsdp2_killed_and_resumed_from_shards_matches(tmp_path):
             "--allow-import", "resume_rewards"]
 
     def launch(args, **extra):
-        return subprocess.Popen(base + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=env(**extra), start_new_session=True)
+        return subprocess.Popen(base[:2] + port_args() + base[2:] + args, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=env(**extra), start_new_session=True)
 
     for name in ("ref", "cut"):
         cfg = run_config(tmp_path, model, name)

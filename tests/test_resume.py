@@ -17,6 +17,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from ports import port_args
 from tempflow.config import config_from_dict
 from tempflow.training import checkpoint as ck
 
@@ -328,8 +329,8 @@ def test_two_processes_killed_and_resumed_match(reference):
             "--allow-import", "resume_rewards"]
 
     def launch(args):
-        return subprocess.Popen(base + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=env(), start_new_session=True)
+        return subprocess.Popen(base[:2] + port_args() + base[2:] + args, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=env(), start_new_session=True)
 
     for name in ("two-ref", "two-cut"):
         write_config(root, run_config(root, model, name), name)

@@ -2,7 +2,6 @@
 a server that is down or slow, and `tempflow serve-reward` end to end."""
 
 import json
-import socket
 import subprocess
 import sys
 import threading
@@ -13,6 +12,7 @@ import urllib.request
 import pytest
 import torch
 
+from ports import free_port
 from tempflow.errors import UserError
 from tempflow.rewards import build_reward, register, score
 from tempflow.rewards.server import make_server
@@ -135,14 +135,8 @@ def test_unknown_path_and_mixed_sizes(serve):
     assert status == 400 and "same size" in answer["error"]
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_server_down_gives_user_error_after_bounded_retries():
-    url = f"http://127.0.0.1:{_free_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     remote = build_reward("remote", url=url, retries=2, backoff=0.05, timeout=1)
     t0 = time.perf_counter()
     with pytest.raises(UserError) as err:
@@ -219,7 +213,7 @@ def test_trainer_stops_with_user_error_when_the_server_is_down(tiny_shapes_check
         "sampling": {"steps": 4}, "algorithm": {"num_branches": 2, "seeds_per_prompt": 1,
                                                  "branch_points": [0]},
         "train": {"prompts_per_iteration": 2},
-        "reward": {"name": "remote", "kwargs": {"url": f"http://127.0.0.1:{_free_port()}", "retries": 1,
+        "reward": {"name": "remote", "kwargs": {"url": f"http://127.0.0.1:{free_port()}", "retries": 1,
                                                  "backoff": 0.01}, "score_chunks": 2},
         "run": {"out": str(tmp_path / "run")}})
     tr = Trainer(cfg)

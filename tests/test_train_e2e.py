@@ -10,6 +10,8 @@ import pytest
 import torch
 import yaml
 
+from ports import port_args
+
 WORKER = Path(__file__).parent / "workers" / "one_iteration.py"
 
 
@@ -84,7 +86,7 @@ def test_two_processes_equal_one(tmp_path, tiny_shapes_checkpoint, scheme):
     res = subprocess.run(env_cmd + [str(one)], capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
     launcher = str(Path(sys.executable).parent / "accelerate")
-    res = subprocess.run([launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+    res = subprocess.run([launcher, "launch", *port_args(), "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                           "--mixed_precision", "no", "--dynamo_backend", "no",
                           str(WORKER), str(cfg), str(two)],
                          capture_output=True, text=True, timeout=600)
