@@ -50,6 +50,7 @@ class FakeJudge:
         self.problems: list[str] = []
         self.in_flight = self.max_in_flight = 0
         self.lock = threading.Lock()
+        self.handling = threading.local()  # per server thread: is its request still counted?
         judge = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -89,6 +90,7 @@ class FakeJudge:
         with self.lock:
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        self.handling.counted = True
         try:
             body = json.loads(h.rfile.read(int(h.headers["Content-Length"])))
             if h.path != "/v1/chat/completions":
@@ -125,6 +127,13 @@ class FakeJudge:
                 return self._send(h, 500, {"error": {"message": f"stand-in failed: {e!r}"}})
             return self._completion(h, content, "stop")
         finally:
+            self._answered()
+
+    def _answered(self):
+        """The request stops counting as in flight once its answer is ready: before the answer
+        is written, since the client may send its next request as soon as it has read it."""
+        if getattr(self.handling, "counted", False):
+            self.handling.counted = False
             with self.lock:
                 self.in_flight -= 1
 
@@ -133,8 +142,8 @@ class FakeJudge:
                             "choices": [{"index": 0, "finish_reason": finish,
                                          "message": {"role": "assistant", "content": content}}]})
 
-    @staticmethod
-    def _send(h, status, payload, headers=None):
+    def _send(self, h, status, payload, headers=None):
+        self._answered()
         data = json.dumps(payload).encode()
         h.send_response(status)
         h.send_header("Content-Type", "application/json")
