@@ -6,11 +6,10 @@ import torch
 # Two cores: keep each test process to its own share; tests build tiny models. Under
 # `pytest -n N` (what `make test` runs) every worker gets one thread, and so do the processes
 # it starts, so N workers do not oversubscribe the cores.
-if os.environ.get("PYTEST_XDIST_WORKER") and "OMP_NUM_THREADS" not in os.environ:
-    os.environ["OMP_NUM_THREADS"] = "1"
-    torch.set_num_threads(1)
-elif "OMP_NUM_THREADS" not in os.environ:
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+if "OMP_NUM_THREADS" not in os.environ:
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", max(1, min(2, os.cpu_count() or 1)))))
 
 
 @pytest.fixture

@@ -148,11 +148,10 @@ def _flatten(prefix: str, value, out: dict) -> dict:
 @needs_launcher
 def test_fsdp2_killed_and_resumed_from_shards_matches(tmp_path):
     model = make_tiny_model(tmp_path / "tiny")
-    base = [str(LAUNCHER), "launch", *FSDP, *COMMON, "-m", "tempflow", "train", "--no-progress",
-            "--allow-import", "resume_rewards"]
+    train = [*FSDP, *COMMON, "-m", "tempflow", "train", "--no-progress", "--allow-import", "resume_rewards"]
 
-    def launch(args, **extra):
-        return subprocess.Popen(base[:2] + port_args() + base[2:] + args, stdout=subprocess.PIPE,
+    def launch(args, **extra):  # every launch on a port of its own
+        return subprocess.Popen([str(LAUNCHER), "launch", *port_args(), *train, *args], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, env=env(**extra), start_new_session=True)
 
     for name in ("ref", "cut"):

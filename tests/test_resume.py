@@ -324,12 +324,11 @@ def test_two_processes_killed_and_resumed_match(reference):
     launcher = Path(sys.executable).parent / "accelerate"
     if not launcher.exists():
         pytest.skip("accelerate launcher not installed")
-    base = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-            "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "tempflow", "train", "--no-progress",
-            "--allow-import", "resume_rewards"]
+    train = ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+             "--dynamo_backend", "no", "-m", "tempflow", "train", "--no-progress", "--allow-import", "resume_rewards"]
 
-    def launch(args):
-        return subprocess.Popen(base[:2] + port_args() + base[2:] + args, stdout=subprocess.PIPE,
+    def launch(args):  # every launch on a port of its own
+        return subprocess.Popen([str(launcher), "launch", *port_args(), *train, *args], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, env=env(), start_new_session=True)
 
     for name in ("two-ref", "two-cut"):

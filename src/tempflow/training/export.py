@@ -53,7 +53,7 @@ def run_config(ckpt: ckpt_io.Checkpoint, run: Path):
     return config_from_dict(recorded) if isinstance(recorded, dict) else saved_config(run)
 
 
-WEIGHTS = ("ema", "raw")
+WEIGHTS = {"ema": "ema.", "raw": "params."}  # --weights choice -> key prefix in weights.safetensors
 
 
 def load_run_model(run: str | Path, iteration: int | None = None, device: str | torch.device = "cpu",
@@ -76,7 +76,7 @@ def load_run_model(run: str | Path, iteration: int | None = None, device: str | 
     names = {id(p): n for n, p in model.transformer.named_parameters()}
     params = {names.get(id(p), f"param{i}"): p for i, p in enumerate(model.trainable_parameters())}
     tensors, _ = ckpt_io.load_checkpoint(ckpt)
-    prefix = "ema." if weights == "ema" else "params."
+    prefix = WEIGHTS[weights]
     chosen = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
     if {n: tuple(p.shape) for n, p in params.items()} != {n: tuple(t.shape) for n, t in chosen.items()}:
         raise UserError(f"checkpoint {ckpt.path} does not fit the model its config names "
