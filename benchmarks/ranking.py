@@ -14,8 +14,10 @@ overrides of VARIANTS, printed in results.md. Three phases, each reusing finishe
    ``count/nfe``. Each variant then trains floor(budget * 60 / s_per_iteration) iterations.
    Random branch points make an iteration's cost vary, and runs sharing the machine (--jobs 2)
    are slower than alone, so results.md also gives every run's measured training time.
-2. Runs: variants x seeds as ``tempflow train`` child processes, ``--jobs`` at a time (seed k of
-   every variant draws the same prompts in every iteration). In-run evaluations are off unless
+2. Runs: variants x seeds as ``tempflow train`` child processes, ``--jobs`` at a time, seed 0 of
+   every variant first (seed k of every variant draws the same prompts in every iteration); each
+   run's final evaluation (phase 3) follows its training, so a ranking stopped part-way and
+   started again later keeps every finished run and evaluation. In-run evaluations are off unless
    ``--curve-evals K``: one before training and one every ceil(iterations / K) iterations, the
    last at the end, with ``--curve-images`` images per prompt and the run's own seed as noise.
 3. Final paired evaluation of every run (EMA weights) and of the base model with the same
@@ -197,21 +199,12 @@ def plan_runs(args, out: Path) -> dict:
 
 
 def run_configs(args, out: Path, plan: dict):
-    for v in args.variants:
-        for seed in range(args.seeds):
+    """(variant, seed, sets, config) seed by seed: seed 0 of every variant first, so a ranking
+    stopped part-way holds whole seeds."""
+    for seed in range(args.seeds):
+        for v in args.variants:
             sets = run_sets(v, seed, out, plan["iterations"][v], args.overrides, args.curve_evals, args.curve_images)
             yield v, seed, sets, load(args.config, sets)
-
-
-def run_all(args, out: Path, plan: dict) -> None:
-    tasks = []
-    for v, seed, sets, cfg in run_configs(args, out, plan):
-        if finished(cfg):
-            print(f"{v} seed {seed}: reusing {cfg.run.out}", file=sys.stderr)
-        else:
-            shutil.rmtree(Path(cfg.run.out) / FINAL, ignore_errors=True)  # of an earlier training, if any
-            tasks.append(train_task(args.config, sets, f"{v} seed {seed}", out / f"{v}-seed{seed}.log"))
-    run_commands(tasks, args.jobs)
 
 
 def final_done(folder: Path, n: int, steps: int) -> bool:
@@ -219,17 +212,45 @@ def final_done(folder: Path, n: int, steps: int) -> bool:
     return ev.get("images_per_prompt") == n and ev.get("steps") == steps
 
 
-def final_evals(args, out: Path, plan: dict) -> None:
-    n, steps, tasks, base_cfg = args.final_eval, args.eval_steps, [], None
-    for v, seed, _, cfg in run_configs(args, out, plan):
-        run = Path(cfg.run.out)
-        base_cfg = base_cfg or cfg
-        if finished(cfg) and not final_done(run / FINAL, n, steps):
-            tasks.append((f"eval {v} seed {seed}", ["eval", str(run), "--num", str(n), "--steps", str(steps),
+def run_chains(chains: list[list[tuple[str, list[str], Path]]], jobs: int) -> None:
+    """Run ``jobs`` chains at a time, the commands of a chain one after the other (a run's final
+    evaluation after its training), each with cores / jobs threads; SystemExit naming the
+    failed commands at the end (a failed command ends its own chain only)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tempflow.utils.child_process import run_pool
+
+    def one(chain):
+        for task in chain:
+            if run_pool([task], jobs):  # jobs only sets the threads here: one task at a time
+                return [task[0]]
+        return []
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        failed = [label for f in list(pool.map(one, chains)) for label in f]
+    if failed:
+        raise SystemExit(f"failed: {', '.join(failed)}")
+
+
+def run_and_evaluate(args, out: Path, plan: dict) -> None:
+    """Train every unfinished (variant, seed) and evaluate its EMA weights with ``tempflow eval
+    --num N --steps S --seed 0`` (the same prompts and initial noise for every run), and the
+    base model the same way; finished runs and evaluations are reused."""
+    n, steps, chains, base_cfg = args.final_eval, args.eval_steps, [], None
+    for v, seed, sets, cfg in run_configs(args, out, plan):
+        run, base_cfg, chain = Path(cfg.run.out), base_cfg or cfg, []
+        if finished(cfg):
+            print(f"{v} seed {seed}: reusing {run}", file=sys.stderr)
+        else:
+            shutil.rmtree(run / FINAL, ignore_errors=True)  # of an earlier training, if any
+            chain.append(train_task(args.config, sets, f"{v} seed {seed}", out / f"{v}-seed{seed}.log"))
+        if chain or not final_done(run / FINAL, n, steps):
+            chain.append((f"eval {v} seed {seed}", ["eval", str(run), "--num", str(n), "--steps", str(steps),
                           "--seed", "0", *allow_own_imports(cfg), "--out", str(run / FINAL)], run / "final-eval.log"))
+        chains.append(chain)
     if base_cfg is not None and not final_done(out / FINAL, n, steps):
-        tasks.append(base_eval_task(base_cfg, n, steps, out / FINAL))
-    run_commands(tasks, args.jobs)
+        chains.insert(0, [base_eval_task(base_cfg, n, steps, out / FINAL)])
+    run_chains([c for c in chains if c], args.jobs)
 
 
 # ---------------------------------------------------------------------------- summarising
@@ -321,8 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.summarise_only:
         args.eval_steps = args.eval_steps or load(args.config, args.overrides).sampling.eval_steps
         plan = plan_runs(args, out)
-        run_all(args, out, plan)
-        final_evals(args, out, plan)
+        run_and_evaluate(args, out, plan)
     write_summary(out, args.variants, args.bootstrap)
     print((out / "results.md").read_text())
     print(f"wrote {out}/results.md, summary.json and ranking_vs_{{iterations,nfe,wallclock}}.png")

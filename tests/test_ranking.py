@@ -120,6 +120,47 @@ def test_calibration_times_each_variant_alone_and_is_reused(rk, tmp_path, monkey
     assert rk.plan_runs(args, tmp_path)["iterations"] == {"flowgrpo": 5, "tempflow": 5}
 
 
+def test_runs_go_seed_by_seed_each_evaluated_after_its_training_and_finished_work_is_reused(rk, tmp_path,
+                                                                                          monkeypatch):
+    import tempflow.utils.child_process as cp
+    from tempflow.config.loading import dump_config
+
+    started = []
+
+    def fake_run_pool(tasks, jobs):
+        (label, cmd, log), = tasks
+        started.append((label, cmd[0], jobs))
+        return ["eval tempflow seed 1"] if label == "eval tempflow seed 1" else []
+
+    monkeypatch.setattr(cp, "run_pool", fake_run_pool)
+    args = argparse.Namespace(variants=["flowgrpo", "tempflow"], seeds=2, overrides=[], jobs=1, final_eval=16,
+                              eval_steps=10, curve_evals=0, curve_images=4, config=PRESET)
+    plan = {"iterations": {"flowgrpo": 3, "tempflow": 4}}
+    with pytest.raises(SystemExit, match="failed: eval tempflow seed 1$"):
+        rk.run_and_evaluate(args, tmp_path, plan)
+    assert [s[0] for s in started] == [
+        "eval base model",
+        "flowgrpo seed 0", "eval flowgrpo seed 0", "tempflow seed 0", "eval tempflow seed 0",
+        "flowgrpo seed 1", "eval flowgrpo seed 1", "tempflow seed 1", "eval tempflow seed 1"]
+    assert {(s[1], s[2]) for s in started} == {("train", 1), ("eval", 1)}
+
+    # finished: flowgrpo seed 0 trained and evaluated; tempflow seed 0 trained, not evaluated
+    for v, done_eval in (("flowgrpo", True), ("tempflow", False)):
+        cfg = rk.load(PRESET, rk.run_sets(v, 0, tmp_path, plan["iterations"][v], []))
+        run = Path(cfg.run.out)
+        (run / "checkpoints" / f"iter_{cfg.train.iterations:06d}").mkdir(parents=True)
+        dump_config(cfg, run / "config.yaml")
+        if done_eval:
+            (run / rk.FINAL).mkdir()
+            (run / rk.FINAL / "eval.json").write_text(json.dumps({"images_per_prompt": 16, "steps": 10}))
+    (tmp_path / rk.FINAL).mkdir()
+    (tmp_path / rk.FINAL / "eval.json").write_text(json.dumps({"images_per_prompt": 16, "steps": 10}))
+    started.clear()
+    args.seeds = 1
+    rk.run_and_evaluate(args, tmp_path, plan)
+    assert [s[0] for s in started] == ["eval tempflow seed 0"]
+
+
 # ------------------------------------------------------------------ statistics
 
 PROMPTS = [("colors", "a red circle"), ("colors", "a blue square"), ("counting", "two circles")]
