@@ -22,6 +22,9 @@ overrides of VARIANTS, printed in results.md. Three phases, each reusing finishe
    last at the end, with ``--curve-images`` images per prompt and the run's own seed as noise.
 3. Final paired evaluation of every run (EMA weights) and of the base model with the same
    ``tempflow eval --num N --steps S --seed 0``: the same prompts and initial noise for all.
+   Every run keeps its checkpoint at half the budget (floor(iterations / 2)); ``--half-evals
+   VARIANT ...`` evaluates those of the variants named the same way, which is the direct test of
+   "reaches the reference's final score in at most half its wall-clock".
 
 Statistics (benchmarks/ranking_stats.py): a variant's final pass rate and dense score are means
 over seeds with a 95% bootstrap interval resampling seeds and prompts within category; its
@@ -90,15 +93,23 @@ VARIANTS = {
 }
 RUN_KEYS = ["run.save_every=0", "run.log_images_every=0"]  # no intermediate checkpoints or grids
 FINAL = "final-eval"  # in each run folder, and in --out for the base model
+HALF = "half-eval"  # in each run folder: its checkpoint at half the budget (--half-evals)
 
 
 # ---------------------------------------------------------------------------- configs
+
+def half_iteration(iterations: int) -> int:
+    """The checkpoint at half the budget: floor(iterations / 2), at most half the wall-clock."""
+    return max(1, iterations // 2)
+
 
 def run_sets(variant: str, seed: int, out: Path, iterations: int, extra: list[str],
              curve_evals: int = 0, curve_images: int = 4) -> list[str]:
     """The --set overrides that turn the preset into one (variant, seed) run."""
     every = math.ceil(iterations / curve_evals) if curve_evals else 0  # the last one at the end
-    sets = [*RUN_KEYS, f"run.eval_every={every}", *VARIANTS[variant], *extra]
+    # a checkpoint at half the budget (and at most two more: 2h and the end), for --half-evals
+    keys = [f"run.save_every={half_iteration(iterations)}", "run.keep_checkpoints=3", "run.log_images_every=0"]
+    sets = [*keys, f"run.eval_every={every}", *VARIANTS[variant], *extra]
     if curve_evals:
         sets.append(f"run.eval_images_per_prompt={curve_images}")
     return sets + [f"train.seed={seed}", f"train.iterations={iterations}", f"run.out={out / variant / f'seed{seed}'}"]
@@ -207,9 +218,9 @@ def run_configs(args, out: Path, plan: dict):
             yield v, seed, sets, load(args.config, sets)
 
 
-def final_done(folder: Path, n: int, steps: int) -> bool:
+def final_done(folder: Path, n: int, steps: int, checkpoint: int | None = None) -> bool:
     ev = read_json(folder / "eval.json")
-    return ev.get("images_per_prompt") == n and ev.get("steps") == steps
+    return ev.get("images_per_prompt") == n and ev.get("steps") == steps and ev.get("checkpoint") == checkpoint
 
 
 def run_chains(chains: list[list[tuple[str, list[str], Path]]], jobs: int) -> None:
@@ -242,11 +253,17 @@ def run_and_evaluate(args, out: Path, plan: dict) -> None:
         if finished(cfg):
             print(f"{v} seed {seed}: reusing {run}", file=sys.stderr)
         else:
-            shutil.rmtree(run / FINAL, ignore_errors=True)  # of an earlier training, if any
+            for folder in (FINAL, HALF):  # of an earlier training, if any
+                shutil.rmtree(run / folder, ignore_errors=True)
             chain.append(train_task(args.config, sets, f"{v} seed {seed}", out / f"{v}-seed{seed}.log"))
-        if chain or not final_done(run / FINAL, n, steps):
-            chain.append((f"eval {v} seed {seed}", ["eval", str(run), "--num", str(n), "--steps", str(steps),
-                          "--seed", "0", *allow_own_imports(cfg), "--out", str(run / FINAL)], run / "final-eval.log"))
+        trained = bool(chain)  # a new training: every evaluation of the run is redone
+        evals = [(FINAL, None)] + [(HALF, half_iteration(cfg.train.iterations))] * (v in args.half_evals)
+        for folder, ckpt in evals:
+            if trained or not final_done(run / folder, n, steps, ckpt):
+                which = [] if ckpt is None else ["--checkpoint", str(ckpt)]
+                chain.append((f"eval {v} seed {seed}{' at half' if which else ''}",
+                              ["eval", str(run), *which, "--num", str(n), "--steps", str(steps), "--seed", "0",
+                               *allow_own_imports(cfg), "--out", str(run / folder)], run / f"{folder}.log"))
         chains.append(chain)
     if base_cfg is not None and not final_done(out / FINAL, n, steps):
         chains.insert(0, [base_eval_task(base_cfg, n, steps, out / FINAL)])
@@ -267,10 +284,13 @@ def load_seed(path: Path) -> dict | None:
               "pass_rate": e["eval/pass_rate"], "score": e.get("eval/score")}
              for e in run.evals if "eval/pass_rate" in e and e["iteration"] in secs]
     n = len(run.train)
-    final = path / FINAL / "eval.json"
+    final, half = read_json(path / FINAL / "eval.json") or None, read_json(path / HALF / "eval.json") or None
+    if half:  # the checkpoint at half the budget
+        h = half.get("checkpoint") or half_iteration(n)
+        half = {"iteration": h, "seconds": secs[h], "nfe": nfe[h], "eval": half}
     return {"iterations": n, "seconds": secs[max(secs)], "nfe": nfe[max(nfe)],
             "s_per_iteration": secs[max(secs)] / n, "nfe_per_iteration": nfe[max(nfe)] / n, "curve": curve,
-            "final": json.loads(final.read_text()) if final.is_file() else None}
+            "final": final, "half": half}
 
 
 def summarise(out: Path, variants: list[str], n_boot: int = 4000) -> dict:
@@ -295,6 +315,16 @@ def summarise(out: Path, variants: list[str], n_boot: int = 4000) -> dict:
             if finals.get(REFERENCE):
                 row["vs_reference"] = {m: st.paired_difference(finals[v], finals[REFERENCE], m, n_boot)
                                        for m in st.ROW_KEY}
+        halves = {k: r["half"] for k, r in rs.items() if r["half"]}
+        if halves:
+            h_evals = {k: h["eval"] for k, h in halves.items()}
+            row["half"] = {"seeds": sorted(halves),
+                           "iteration": sum(h["iteration"] for h in halves.values()) / len(halves),
+                           "seconds": sum(h["seconds"] for h in halves.values()) / len(halves),
+                           **{m: st.level(list(h_evals.values()), m, n_boot) for m in st.ROW_KEY}}
+            if finals.get(REFERENCE):
+                row["half"]["vs_reference_end"] = {
+                    m: st.paired_difference(h_evals, finals[REFERENCE], m, n_boot) for m in st.ROW_KEY}
         if REFERENCE in runs:
             row["time_to_reference"] = st.time_to_reference(rs, runs[REFERENCE])
         res[v] = row
@@ -329,6 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=1, help="runs at a time, cores / jobs threads each")
     ap.add_argument("--final-eval", type=int, default=16, metavar="N", help="images per prompt, final evaluation")
     ap.add_argument("--eval-steps", type=int, default=None, help="ODE steps of it (default: the preset's)")
+    ap.add_argument("--half-evals", nargs="*", default=[], choices=list(VARIANTS), metavar="VARIANT",
+                    help="also evaluate these variants' checkpoints at half the budget (as the final one)")
     ap.add_argument("--curve-evals", type=int, default=0, metavar="K", help="in-run evaluations per run (0: none)")
     ap.add_argument("--curve-images", type=int, default=4, help="images per prompt of the in-run evaluations")
     ap.add_argument("--bootstrap", type=int, default=4000, help="bootstrap resamples")

@@ -65,7 +65,21 @@ def markdown(summary: dict, ref: str = "flowgrpo") -> str:
               "held-out means over seeds; *Δ*: paired difference to the reference; *beats*: yes only when the Δ "
               f"dense interval lies above zero; *time to {ref}'s final dense score*: median over seeds of "
               f"the fraction of {ref}'s training wall-clock at which the seed first scored {ref}'s "
-              "final dense score (in-run evaluations), or only whether it did by the end (final evaluation)."]
+              "final dense score (in-run evaluations; or, with --half-evals, its checkpoint at half the budget and its "
+              "end), or only whether it did by the end (final evaluation)."]
+    halves = {v: r["half"] for v, r in res.items() if r.get("half")}
+    if halves:
+        lines += ["", f"At half the budget (each run's checkpoint after floor(iterations / 2) iterations, evaluated "
+                  f"as the final ones; Δ pairs it with {ref}'s same seed at the end of {ref}'s full budget; "
+                  f"*reaches* says yes only when that Δ dense interval lies above zero):", "",
+                  f"| variant | seeds | iteration | train min | pass rate | dense score | Δ dense vs {ref}'s end | "
+                  f"Δ pass vs {ref}'s end | reaches {ref}'s end in half the budget |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for v, h in halves.items():
+            d = h.get("vs_reference_end") or {}
+            lines.append(f"| {v} | {len(h['seeds'])} | {h['iteration']:g} | {h['seconds'] / 60:.1f} | "
+                         f"{interval(h['pass_rate'])} | {interval(h['score'])} | {interval(d.get('score'), True)} | "
+                         f"{interval(d.get('pass_rate'), True)} | {st.verdict(d.get('score'))} |")
     cal = {v: r["calibration"] for v, r in res.items() if r["calibration"]}
     if cal:
         lines += ["", "Calibration (each variant alone, one process at a time):", "",

@@ -152,8 +152,12 @@ def time_to_reference(runs: dict[int, dict], ref: dict[int, dict]) -> dict | Non
         else:
             target = ref[k]["final"]["summary"]["eval/score"]
             points = [(runs[k]["seconds"], runs[k]["final"]["summary"]["eval/score"])]
+            if h := runs[k].get("half"):
+                points.append((h["seconds"], h["eval"]["summary"]["eval/score"]))
         t = first_reaching(points, target)
         fractions.append(None if t is None else t / ref[k]["seconds"])
-    return {"source": "in-run evaluations" if curves else "final evaluation", "fractions": fractions,
+    halves = not curves and any(runs[k].get("half") for k in common)
+    source = "in-run evaluations" if curves else "half and final evaluations" if halves else "final evaluation"
+    return {"source": source, "fractions": fractions,
             "median": median_censored(fractions), "reached": sum(f is not None for f in fractions),
             "seeds": len(common)}

@@ -129,36 +129,44 @@ def test_runs_go_seed_by_seed_each_evaluated_after_its_training_and_finished_wor
 
     def fake_run_pool(tasks, jobs):
         (label, cmd, log), = tasks
-        started.append((label, cmd[0], jobs))
+        started.append((label, cmd[0], jobs, cmd))
         return ["eval tempflow seed 1"] if label == "eval tempflow seed 1" else []
 
     monkeypatch.setattr(cp, "run_pool", fake_run_pool)
     args = argparse.Namespace(variants=["flowgrpo", "tempflow"], seeds=2, overrides=[], jobs=1, final_eval=16,
-                              eval_steps=10, curve_evals=0, curve_images=4, config=PRESET)
+                              eval_steps=10, curve_evals=0, curve_images=4, config=PRESET, half_evals=["tempflow"])
     plan = {"iterations": {"flowgrpo": 3, "tempflow": 4}}
     with pytest.raises(SystemExit, match="failed: eval tempflow seed 1$"):
         rk.run_and_evaluate(args, tmp_path, plan)
     assert [s[0] for s in started] == [
         "eval base model",
         "flowgrpo seed 0", "eval flowgrpo seed 0", "tempflow seed 0", "eval tempflow seed 0",
-        "flowgrpo seed 1", "eval flowgrpo seed 1", "tempflow seed 1", "eval tempflow seed 1"]
+        "eval tempflow seed 0 at half", "flowgrpo seed 1", "eval flowgrpo seed 1", "tempflow seed 1",
+        "eval tempflow seed 1"]  # its failure ends its chain: no evaluation at half after it
     assert {(s[1], s[2]) for s in started} == {("train", 1), ("eval", 1)}
+    at_half = next(s for s in started if s[0] == "eval tempflow seed 0 at half")
+    assert at_half[3][at_half[3].index("--checkpoint") + 1] == "2"  # 4 iterations: the checkpoint after 2
+    # every run keeps that checkpoint: saved every 2 iterations, 3 kept (2, 4 and the end)
+    assert rk.run_sets("tempflow", 0, tmp_path, 5, [])[:2] == ["run.save_every=2", "run.keep_checkpoints=3"]
 
-    # finished: flowgrpo seed 0 trained and evaluated; tempflow seed 0 trained, not evaluated
+    # finished: flowgrpo seed 0 trained and evaluated; tempflow seed 0 trained and evaluated at the end
     for v, done_eval in (("flowgrpo", True), ("tempflow", False)):
         cfg = rk.load(PRESET, rk.run_sets(v, 0, tmp_path, plan["iterations"][v], []))
         run = Path(cfg.run.out)
         (run / "checkpoints" / f"iter_{cfg.train.iterations:06d}").mkdir(parents=True)
         dump_config(cfg, run / "config.yaml")
-        if done_eval:
-            (run / rk.FINAL).mkdir()
-            (run / rk.FINAL / "eval.json").write_text(json.dumps({"images_per_prompt": 16, "steps": 10}))
+        (run / rk.FINAL).mkdir()
+        (run / rk.FINAL / "eval.json").write_text(json.dumps({"images_per_prompt": 16, "steps": 10}))
+        if not done_eval:  # an evaluation at half of another checkpoint is not the one asked for
+            (run / rk.HALF).mkdir()
+            (run / rk.HALF / "eval.json").write_text(json.dumps({"images_per_prompt": 16, "steps": 10,
+                                                                 "checkpoint": 1}))
     (tmp_path / rk.FINAL).mkdir()
     (tmp_path / rk.FINAL / "eval.json").write_text(json.dumps({"images_per_prompt": 16, "steps": 10}))
     started.clear()
     args.seeds = 1
     rk.run_and_evaluate(args, tmp_path, plan)
-    assert [s[0] for s in started] == ["eval tempflow seed 0"]
+    assert [s[0] for s in started] == ["eval tempflow seed 0 at half"]
 
 
 # ------------------------------------------------------------------ statistics
@@ -238,6 +246,14 @@ def test_time_to_reference(st):
         r["curve"] = []  # final evaluations only: reached by the end or not
     t = st.time_to_reference(runs, ref)
     assert t["source"] == "final evaluation" and t["fractions"] == [0.9, 0.9] and t["median"] == 0.9
+    for r in ref.values():
+        r["final"] = fake_eval((False, 0.5))  # the target: dense score 0.5
+    runs[1]["final"] = ALL_PASS
+    runs[0]["half"] = {"seconds": 45.0, "eval": ALL_PASS}  # reached at the half-budget checkpoint
+    runs[1]["half"] = {"seconds": 45.0, "eval": ALL_FAIL}  # not yet: at the end
+    t = st.time_to_reference(runs, ref)
+    assert t["source"] == "half and final evaluations" and t["fractions"] == [0.45, 0.9]
+    assert t["median"] == pytest.approx(0.675)
 
 
 # ------------------------------------------------------------------ summary
@@ -253,6 +269,9 @@ def test_summarise_only_writes_the_expected_numbers(rk, tmp_path):
         fake_run(tmp_path / "flowgrpo" / f"seed{k}", [2.0, 2.0, 2.0], ALL_FAIL, evals=[(0, 0.5), (3, 0.6)])
         fake_run(tmp_path / "weighting-only" / f"seed{k}", [4.0, 4.0, 4.0], ALL_PASS,
                  evals=[(0, 0.5), (1, 0.55), (2, 0.65), (3, 0.7)])
+        (tmp_path / "weighting-only" / f"seed{k}" / "half-eval").mkdir()  # its checkpoint after 1 iteration
+        (tmp_path / "weighting-only" / f"seed{k}" / "half-eval" / "eval.json").write_text(
+            json.dumps({**ALL_PASS, "checkpoint": 1}))
     (tmp_path / "final-eval").mkdir()
     (tmp_path / "final-eval" / "eval.json").write_text(json.dumps(ALL_FAIL))
     (tmp_path / "plan.json").write_text(json.dumps({"mode": "iterations", "iterations": {"flowgrpo": 3}}))
@@ -262,6 +281,9 @@ def test_summarise_only_writes_the_expected_numbers(rk, tmp_path):
     assert "Equal iterations (`--iterations`), not equal wall-clock" in text
     assert "at 2 images per prompt, the same initial noise (`tempflow eval --num 2 --steps 10 --seed 0`)" in text
     rows = [line for line in text.splitlines() if line.startswith("| ")][1:]
+    # the half-budget table: weighting-only after 1 of 3 iterations (4 s) already beats flowgrpo's end
+    assert ("| weighting-only | 2 | 1 | 0.1 | 1.000 [1.000, 1.000] | 1.000 [1.000, 1.000] | +1.000 [+1.000, +1.000] "
+            "| +1.000 [+1.000, +1.000] | yes |") in rows
     assert rows[0].startswith("| weighting-only |") and rows[1].startswith("| flowgrpo |")  # sorted by gain
     # weighting-only passes everything flowgrpo fails, on every seed: +1 exactly; it first scores
     # flowgrpo's last in-run score 0.6 after 2 iterations x 4 s = 8 s, 1.33 x flowgrpo's 3 x 2 s
