@@ -301,3 +301,45 @@ def test_summarise_only_writes_the_expected_numbers(rk, tmp_path):
     for x in ("iterations", "nfe", "wallclock"):
         assert (tmp_path / f"ranking_vs_{x}.png").stat().st_size > 0
     assert not math.isnan(summary["variants"]["flowgrpo"]["final"]["score"]["estimate"])
+
+
+# ------------------------------------------------------------------ end to end
+
+@pytest.mark.slow
+def test_ranking_smoke_trains_evaluates_and_reuses(tmp_path, tiny_shapes_checkpoint):
+    import subprocess
+    import sys
+
+    evals = tmp_path / "eval.txt"
+    evals.write_text("a red circle\ntwo blue squares\n")
+    out = tmp_path / "rk"
+    args = ["--iterations", "2", "--seeds", "1", "--jobs", "2", "--final-eval", "1", "--variants", "flowgrpo",
+            "tempflow", "--half-evals", "tempflow", "--bootstrap", "50", "--out", out, "--set",
+            f"model.name={tiny_shapes_checkpoint}", "sampling.steps=4", "sampling.eval_steps=2",
+            "train.prompts_per_iteration=1", "reward.name=toy_rewards:brightness", f"prompts.eval={evals}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "workers"), os.environ.get("PYTHONPATH", "")])}
+
+    def run():
+        res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ranking.py"), *map(str, args)],
+                             capture_output=True, text=True, timeout=600, env=env)
+        assert res.returncode == 0, res.stderr[-3000:]
+        return res
+
+    first = run()
+    for label in ("flowgrpo seed 0", "eval flowgrpo seed 0", "tempflow seed 0", "eval tempflow seed 0",
+                  "eval tempflow seed 0 at half", "eval base model"):
+        assert f"\n{label}: " in "\n" + first.stderr, label
+    half = json.loads((out / "tempflow" / "seed0" / "half-eval" / "eval.json").read_text())
+    final = json.loads((out / "tempflow" / "seed0" / "final-eval" / "eval.json").read_text())
+    base = json.loads((out / "final-eval" / "eval.json").read_text())
+    assert half["checkpoint"] == 1 and final["checkpoint"] is None and base["target"] is None
+    assert len(half["images"]) == len(final["images"]) == len(base["images"]) == 2  # 2 prompts x 1 image
+    summary = json.loads((out / "summary.json").read_text())
+    t = summary["variants"]["tempflow"]
+    assert t["half"]["iteration"] == 1 and t["time_to_reference"]["source"] == "half and final evaluations"
+    assert "At half the budget" in (out / "results.md").read_text()
+    stamp = (out / "tempflow" / "seed0" / "half-eval" / "eval.json").stat().st_mtime_ns
+    again = run()  # everything finished is reused
+    assert again.stderr.count("reusing") == 2 and "eval " not in again.stderr
+    assert (out / "tempflow" / "seed0" / "half-eval" / "eval.json").stat().st_mtime_ns == stamp
