@@ -74,7 +74,7 @@ except ImportError:  # running from a checkout without installing
     sys.path.insert(0, str(HERE.parent / "src"))
 import ranking_report as rr  # noqa: E402
 import ranking_stats as st  # noqa: E402
-from sample_efficiency import allow_own_imports, base_eval_task, preset_path, run_commands  # noqa: E402
+from bench_runs import allow_own_imports, base_eval_task, preset_path, run_commands  # noqa: E402
 from tempflow.utils.child_process import threads_per_job  # noqa: E402
 
 REFERENCE = "flowgrpo"
