@@ -34,9 +34,11 @@ says yes only when that interval lies above zero. The intervals are per comparis
 corrected for comparing eight variants with one reference.
 
 Time to flowgrpo's level, the primary figure: for seed k, the target is flowgrpo seed k's final
-held-out dense score, and the time is the training wall-clock (the sum of ``time/iteration``,
-evaluations excluded) at which the variant's seed k first scores at least that, as a fraction
-of flowgrpo seed k's training wall-clock. With ``--curve-evals`` the scores are the in-run
+held-out dense score, and the time is the training wall-clock at which the variant's seed k
+first scores at least that, as a fraction of flowgrpo seed k's training wall-clock. Both clocks
+are calibrated (iterations x the variant's calibrated seconds per iteration, the wall-clock it
+takes alone), so the load on the machine while the runs trained does not move the figure; with
+``--iterations`` (no calibration) they are the measured sums of ``time/iteration``. With ``--curve-evals`` the scores are the in-run
 evaluations (target: flowgrpo's last in-run one, measured the same way), so the time is an
 upper bound at the resolution of the evaluations; an early score at or above the target can
 be evaluation noise. Without in-run evaluations only the final paired evaluation exists: a seed
@@ -293,6 +295,17 @@ def load_seed(path: Path) -> dict | None:
             "final": final, "half": half}
 
 
+def calibrated_clock(seeds: dict[int, dict], s_per_iteration: float) -> dict[int, dict]:
+    """The runs of load_seed with every "seconds" replaced by iterations x the calibrated seconds
+    per iteration: the training wall-clock the variant takes alone, which the load on the machine
+    while the runs trained (two at a time, evaluations, other work) does not move."""
+    def at(x: dict) -> dict:
+        return {**x, "seconds": x["iteration"] * s_per_iteration}
+
+    return {k: {**r, "seconds": r["iterations"] * s_per_iteration, "curve": [at(c) for c in r["curve"]],
+                "half": r["half"] and at(r["half"])} for k, r in seeds.items()}
+
+
 def summarise(out: Path, variants: list[str], n_boot: int = 4000) -> dict:
     plan, cal = read_json(out / "plan.json"), read_json(out / "calibration.json")
     runs = {}
@@ -326,7 +339,13 @@ def summarise(out: Path, variants: list[str], n_boot: int = 4000) -> dict:
                 row["half"]["vs_reference_end"] = {
                     m: st.paired_difference(h_evals, finals[REFERENCE], m, n_boot) for m in st.ROW_KEY}
         if REFERENCE in runs:
-            row["time_to_reference"] = st.time_to_reference(rs, runs[REFERENCE])
+            clock = "calibrated" if v in cal and REFERENCE in cal else "measured"
+            if clock == "calibrated":
+                t = st.time_to_reference(calibrated_clock(rs, cal[v]["s_per_iteration"]),
+                                         calibrated_clock(runs[REFERENCE], cal[REFERENCE]["s_per_iteration"]))
+            else:
+                t = st.time_to_reference(rs, runs[REFERENCE])
+            row["time_to_reference"] = t and {**t, "clock": clock}
         res[v] = row
     base = read_json(out / FINAL / "eval.json")
     one = next((f for fs in finals.values() for f in fs.values()), base)

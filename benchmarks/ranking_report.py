@@ -64,7 +64,8 @@ def markdown(summary: dict, ref: str = "flowgrpo") -> str:
               "excluded; runs sharing the machine are slower than calibrated); *pass rate*, *dense score*: final "
               "held-out means over seeds; *Δ*: paired difference to the reference; *beats*: yes only when the Δ "
               f"dense interval lies above zero; *time to {ref}'s final dense score*: median over seeds of "
-              f"the fraction of {ref}'s training wall-clock at which the seed first scored {ref}'s "
+              f"the fraction of {ref}'s training wall-clock (calibrated: iterations x calibrated s/it, on "
+              f"both sides, when there is a calibration) at which the seed first scored {ref}'s "
               "final dense score (in-run evaluations; or, with --half-evals, its checkpoint at half the budget and its "
               "end), or only whether it did by the end (final evaluation)."]
     halves = {v: r["half"] for v, r in res.items() if r.get("half")}

@@ -301,6 +301,14 @@ def test_summarise_only_writes_the_expected_numbers(rk, tmp_path):
     for x in ("iterations", "nfe", "wallclock"):
         assert (tmp_path / f"ranking_vs_{x}.png").stat().st_size > 0
     assert not math.isnan(summary["variants"]["flowgrpo"]["final"]["score"]["estimate"])
+    assert w["time_to_reference"]["clock"] == "measured"  # no calibration: the runs' own time/iteration
+    # with a calibration both clocks are iterations x calibrated s/it, whatever the load was:
+    # 0.6 first reached after 2 iterations x 3 s, against flowgrpo's 3 iterations x 1 s
+    cal = {v: {"s_per_iteration": s_it, "nfe_per_iteration": 100.0, "threads": 1}
+           for v, s_it in (("flowgrpo", 1.0), ("weighting-only", 3.0))}
+    (tmp_path / "calibration.json").write_text(json.dumps(cal))
+    t = rk.summarise(tmp_path, ["flowgrpo", "weighting-only"], 200)["variants"]["weighting-only"]["time_to_reference"]
+    assert t["clock"] == "calibrated" and t["fractions"] == [pytest.approx(2.0)] * 2
 
 
 # ------------------------------------------------------------------ end to end
