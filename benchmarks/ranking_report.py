@@ -96,7 +96,8 @@ def markdown(summary: dict, ref: str = "flowgrpo") -> str:
 
 def plot(summary: dict, x: str, path: Path) -> None:
     """Dense score and pass rate against x: in-run curves (mean over seeds) where they exist, and
-    the final paired evaluation (mean, 95% interval) at the runs' end."""
+    the paired evaluations (mean, 95% interval) at the runs' end and, with --half-evals, at half
+    the budget."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -113,18 +114,22 @@ def plot(summary: dict, x: str, path: Path) -> None:
                 xs = np.mean([[p[key] for p in c[:n]] for c in curves], axis=0) / scale
                 ax.plot(xs, np.mean([[p[metric] for p in c[:n]] for c in curves], axis=0), "-", color=f"C{i}",
                         marker="o", ms=3)
-            if r.get("final"):
-                m = r["measured"]
-                end = {"iteration": m["iterations"], "nfe": m["iterations"] * m["nfe_per_iteration"],
-                       "seconds": m["seconds"]}[key] / scale
-                f = r["final"][metric]
-                ax.errorbar([end], [f["estimate"]], yerr=[[f["estimate"] - f["lo"]], [f["hi"] - f["estimate"]]],
-                            fmt="s", color=f"C{i}", capsize=3)
+            m, h = r["measured"], r.get("half")
+            points = [(r.get("final"), {"iteration": m["iterations"], "seconds": m["seconds"],
+                                        "nfe": m["iterations"] * m["nfe_per_iteration"]})]
+            if h:  # the checkpoint at half the budget, evaluated as the final one
+                points.append((h, {"iteration": h["iteration"], "seconds": h["seconds"],
+                                   "nfe": h["iteration"] * m["nfe_per_iteration"]}))
+            for ev, at in points:
+                if ev:
+                    f = ev[metric]
+                    ax.errorbar([at[key] / scale], [f["estimate"]], capsize=3, fmt="s", color=f"C{i}",
+                                yerr=[[f["estimate"] - f["lo"]], [f["hi"] - f["estimate"]]])
             ax.plot([], [], "s-", color=f"C{i}", label=v)
         ax.set_xlabel({"iterations": "iteration", "nfe": "model evaluations in training (millions)",
                        "wallclock": "training wall-clock (minutes)"}[x])
         ax.set_ylabel(f"held-out {'dense score' if metric == 'score' else 'pass rate'}")
-        ax.set_title("lines: in-run evaluations; squares: final paired evaluation", fontsize=9)
+        ax.set_title("lines: in-run evaluations; squares: paired evaluations (end, half budget)", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
