@@ -65,10 +65,12 @@ def test_resolve_target_errors_say_what_is_missing(tmp_path, tiny_shapes_checkpo
         resolve_target(str(run))
 
 
-def test_full_finetuning_run_is_refused(tmp_path, tiny_shapes_checkpoint):
+def test_full_finetuning_run_is_evaluated_from_its_checkpoints(tmp_path, tiny_shapes_checkpoint):
     run = make_run(tmp_path, tiny_shapes_checkpoint, lora=False)
-    with pytest.raises(UserError, match="saved no LoRA"):
-        resolve_target(str(run))
+    t = resolve_target(str(run))
+    assert t.run == run and t.lora is None and "fine-tuned by run" in t.describe()
+    with pytest.raises(UserError, match="not a tempflow run"):  # a bare config.yaml, no checkpoints
+        t.load("cpu")
 
 
 def test_eval_run_folder_writes_json_grids_and_table(tmp_path, tiny_shapes_checkpoint, capsys):

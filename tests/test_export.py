@@ -105,6 +105,32 @@ def test_raw_weights_of_a_checkpoint_load_and_evaluate(run, tmp_path):
     assert json.loads((tmp_path / "r" / "eval.json").read_text())["weights"] == "raw"
 
 
+def test_a_full_finetuning_run_evaluates_its_newest_checkpoint(run, tmp_path):
+    from tempflow.config import config_from_dict
+    from tempflow.training.loop import train
+
+    cfg = {"model": {"name": str(run / "tiny"), "lora": None}, "sampling": {"steps": 4, "eval_steps": 2},
+           "algorithm": {"num_branches": 2, "seeds_per_prompt": 1, "branch_points": 1},
+           "train": {"iterations": 2, "prompts_per_iteration": 1, "ema_every": 1, "ema_decay": 0.5, "lr": 1e-3},
+           "prompts": {"eval": str(run / "eval.txt")},
+           "run": {"out": str(tmp_path / "full"), "eval_every": 0, "save_every": 1, "log_images_every": 0}}
+    train(config_from_dict(cfg), progress=False)
+    common = ["--prompts", run / "eval.txt", "--num", 2, "--steps", 2]
+    code, err = cli("eval", tmp_path / "full", *common, "--out", tmp_path / "newest")
+    assert code == 0, err
+    code, err = cli("eval", tmp_path / "full", "--checkpoint", 2, *common, "--out", tmp_path / "two")
+    assert code == 0, err
+    code, err = cli("eval", tmp_path / "full", "--checkpoint", 1, *common, "--out", tmp_path / "one")
+    assert code == 0, err
+    newest, two, one = (json.loads((tmp_path / x / "eval.json").read_text()) for x in ("newest", "two", "one"))
+    assert newest["checkpoint"] is None and newest["checkpoint_used"] == 2 and newest["weights"] == "ema"
+    assert newest["images"] == two["images"] and two["checkpoint_used"] == 2
+    # the weights are really the checkpoint's: full fine-tuning changed them between 1 and 2
+    from tempflow.training.export import load_run_model
+    m1, m2 = (load_run_model(tmp_path / "full", i)[0] for i in (1, 2))
+    assert any(not torch.equal(a, b) for a, b in zip(m1.transformer.parameters(), m2.transformer.parameters()))
+
+
 def test_newest_export_equals_the_runs_own_lora(run, tmp_path):
     code, err = cli("export", run / "run", "--out", tmp_path / "newest")
     assert code == 0, err

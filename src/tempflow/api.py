@@ -89,7 +89,7 @@ def evaluate(target: "str | os.PathLike | None" = None, *, model: str | None = N
     from tempflow.cli.eval_cmd import _settings
     from tempflow.errors import UserError
     from tempflow.evaluation import evaluate_prompts, resolve_target, write_eval
-    from tempflow.models import load_model, model_family
+    from tempflow.models import model_family
     from tempflow.rewards import build_reward, reward_from_config
     from tempflow.training.prompts import PromptSet
 
@@ -120,13 +120,12 @@ def evaluate(target: "str | os.PathLike | None" = None, *, model: str | None = N
     else:
         reward_fn = build_reward(s["reward"], **s["reward_kwargs"]) if s["reward"] else None
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    net = load_model(target_.model, device=device)
-    if target_.lora:
-        net.load_lora(target_.lora)
+    net, used = target_.load(device)
     res = evaluate_prompts(net, prompt_set, reward_fn, images_per_prompt, s["steps"], s["shift"],
                            s["guidance_scale"], seed, verify=family == "shapes")
     if out is not None:
-        meta = {"target": None if target is None else str(target), "model": target_.model or "shapes",
+        meta = {"target": None if target is None else str(target), "checkpoint_used": used,
+                "model": target_.model or "shapes",
                 "lora": str(target_.lora) if target_.lora else None, "prompts": s["prompts"],
                 "reward": s["reward"] if named or reward is None else getattr(reward, "__name__", "callable"),
                 "images_per_prompt": images_per_prompt, "steps": s["steps"], "shift": s["shift"],

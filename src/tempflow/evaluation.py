@@ -204,15 +204,38 @@ def reward_verify(reward, images: torch.Tensor, texts: list[str], meta: list[dic
 @dataclass
 class EvalTarget:
     """What to evaluate: ``model`` (a spec for :func:`tempflow.models.load_model`), an optional
-    LoRA folder, and the run's config when the target is a training run folder."""
+    LoRA folder, and the run's config and folder when the target is a training run folder (a run
+    of full fine-tuning has no LoRA: its weights are in its checkpoints)."""
 
     model: str | None
     lora: Path | None = None
     config: object | None = None  # tempflow.config.TrainConfig of a run folder
+    run: Path | None = None
 
     def describe(self) -> str:
         base = self.model or "shapes"
+        if self.run is not None and self.lora is None:
+            return f"{base} fine-tuned by run {self.run}"
         return f"{base} + LoRA {self.lora}" if self.lora else base
+
+    def load(self, device, checkpoint: int | None = None, weights: str = "ema"):
+        """(model, iteration of the checkpoint its weights come from, or None): the base plus
+        the LoRA; or, for a run folder with ``checkpoint`` given or without a LoRA, checkpoint
+        ``checkpoint`` (None: the newest) with its EMA or raw weights."""
+        if checkpoint is not None or (self.run is not None and self.lora is None):
+            from tempflow.training.export import load_run_model
+
+            if self.run is None:
+                from tempflow.errors import UserError
+                raise UserError("a checkpoint belongs to a run: give the run folder as the target")
+            model, _, ckpt = load_run_model(self.run, checkpoint, device=device, weights=weights)
+            return model, ckpt.iteration
+        from tempflow.models import load_model
+
+        model = load_model(self.model, device=device)
+        if self.lora:
+            model.load_lora(self.lora)
+        return model, None
 
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
@@ -220,7 +243,8 @@ LORA_FILE = "pytorch_lora_weights.safetensors"
 
 def resolve_target(path: str | None, model: str | None = None, lora: str | None = None,
                    allow_imports: tuple[str, ...] | list[str] = ()) -> EvalTarget:
-    """A run folder (config.yaml + lora/), a LoRA folder, a checkpoint / diffusers folder, or
+    """A run folder (config.yaml + lora/, or checkpoints/ of full fine-tuning), a LoRA folder, a
+    checkpoint / diffusers folder, or
     None (``model`` and ``lora`` as given; None is the shipped base). UserError otherwise.
     A run's config may name reward factories only from ``allow_imports`` (docs/security.md)."""
     from tempflow.errors import UserError
@@ -234,13 +258,12 @@ def resolve_target(path: str | None, model: str | None = None, lora: str | None 
     if (p / "config.yaml").is_file():
         from tempflow.config import load_config
         cfg = load_config(p / "config.yaml", allow_imports=allow_imports)
-        if cfg.model.lora is None:
-            raise UserError(f"run {path!r} fine-tuned all weights and saved no LoRA; evaluate a "
-                            f"run trained with model.lora set")
+        if cfg.model.lora is None:  # full fine-tuning: the weights are in its checkpoints
+            return EvalTarget(model or cfg.model.name, None, cfg, run=p)
         if not (p / "lora" / LORA_FILE).is_file():
             raise UserError(f"run {path!r} has no lora/{LORA_FILE} yet (it saves every "
                             f"run.save_every iterations); wait for a save or evaluate another run")
-        return EvalTarget(model or cfg.model.name, Path(lora) if lora else p / "lora", cfg)
+        return EvalTarget(model or cfg.model.name, Path(lora) if lora else p / "lora", cfg, p)
     if (p / LORA_FILE).is_file():
         return EvalTarget(model, p)
     if (p / "config.json").is_file() or (p / "model_index.json").is_file():

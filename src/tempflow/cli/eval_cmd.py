@@ -100,7 +100,7 @@ def run(args) -> int:
     from tempflow.cli.main import set_threads
     from tempflow.errors import UserError
     from tempflow.evaluation import evaluate_prompts, resolve_target, write_eval
-    from tempflow.models import load_model, model_family
+    from tempflow.models import model_family
     from tempflow.rewards import build_reward, reward_from_config
     from tempflow.training.prompts import PromptSet
 
@@ -125,22 +125,17 @@ def run(args) -> int:
         reward = reward_from_config(target.config.reward)  # the run's reward, weighted ones too
     else:
         reward = build_reward(s["reward"], **s["reward_kwargs"]) if s["reward"] else None
-    if args.checkpoint is not None:
-        from tempflow.training.export import load_run_model
-        model = load_run_model(args.target, args.checkpoint, device=device, weights=args.weights)[0]
-    else:
-        model = load_model(target.model, device=device)
-        if target.lora:
-            model.load_lora(target.lora)
+    model, used = target.load(device, args.checkpoint, args.weights)
     res = evaluate_prompts(model, prompt_set, reward, args.num, s["steps"], s["shift"],
                            s["guidance_scale"], args.seed, verify=family == "shapes")
-    print(f"{target.describe()} on {s['prompts']}")
+    at = "" if used is None else f", checkpoint {used} ({args.weights} weights)"
+    print(f"{target.describe()}{at} on {s['prompts']}")
     print(res.format_table(s["reward"]))
     print(f"({len(res.prompts)} images, {args.num} per prompt, {s['steps']} steps, shift {s['shift']}, "
           f"cfg {s['guidance_scale']}, seed {args.seed}, {time.time() - t0:.1f}s)")
     if args.out:
-        meta = {"target": args.target, "checkpoint": args.checkpoint,
-                "weights": args.weights if args.checkpoint is not None else None, "model": target.model or "shapes",
+        meta = {"target": args.target, "checkpoint": args.checkpoint, "checkpoint_used": used,
+                "weights": args.weights if used is not None else None, "model": target.model or "shapes",
                 "lora": str(target.lora) if target.lora else None, "prompts": s["prompts"],
                 "reward": s["reward"], "images_per_prompt": args.num, "steps": s["steps"],
                 "shift": s["shift"], "guidance_scale": s["guidance_scale"], "seed": args.seed}
