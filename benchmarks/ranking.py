@@ -38,11 +38,12 @@ held-out dense score, and the time is the training wall-clock at which the varia
 first scores at least that, as a fraction of flowgrpo seed k's training wall-clock. Both clocks
 are calibrated (iterations x the variant's calibrated seconds per iteration, the wall-clock it
 takes alone), so the load on the machine while the runs trained does not move the figure; with
-``--iterations`` (no calibration) they are the measured sums of ``time/iteration``. With ``--curve-evals`` the scores are the in-run
-evaluations (target: flowgrpo's last in-run one, measured the same way), so the time is an
-upper bound at the resolution of the evaluations; an early score at or above the target can
-be evaluation noise. Without in-run evaluations only the final paired evaluation exists: a seed
-has reached the target "by the end" or not, nothing finer is known. Per variant: the median
+``--iterations`` (no calibration) they are the measured sums of ``time/iteration``. With
+``--curve-evals`` the scores are the in-run evaluations (target: flowgrpo's last in-run one,
+measured the same way), so the time is an upper bound at the resolution of the evaluations; an
+early score at or above the target can be evaluation noise. Without them the points are the
+final paired evaluation and, with ``--half-evals``, the one at half the budget; with the final
+one alone a seed has reached the target "by the end" or not, nothing finer is known. Per variant: the median
 over seeds, a seed that never reached counted as later than all others ("not reached" when
 half or more never did), and how many seeds reached it.
 
@@ -93,7 +94,7 @@ VARIANTS = {
     "sde-window": ["algorithm.scheme=sde_window", "algorithm.window_size=3", "algorithm.step_weight=flash"],
     "flowgrpo-cps": ["algorithm.scheme=flow_grpo", "algorithm.step_weight=none", "sampling.sde_type=cps"],
 }
-RUN_KEYS = ["run.save_every=0", "run.log_images_every=0"]  # no intermediate checkpoints or grids
+RUN_KEYS = ["run.save_every=0", "run.log_images_every=0"]  # calibration: no intermediate checkpoints or grids
 FINAL = "final-eval"  # in each run folder, and in --out for the base model
 HALF = "half-eval"  # in each run folder: its checkpoint at half the budget (--half-evals)
 
@@ -220,7 +221,7 @@ def run_configs(args, out: Path, plan: dict):
             yield v, seed, sets, load(args.config, sets)
 
 
-def final_done(folder: Path, n: int, steps: int, checkpoint: int | None = None) -> bool:
+def eval_done(folder: Path, n: int, steps: int, checkpoint: int | None = None) -> bool:
     ev = read_json(folder / "eval.json")
     return ev.get("images_per_prompt") == n and ev.get("steps") == steps and ev.get("checkpoint") == checkpoint
 
@@ -261,13 +262,13 @@ def run_and_evaluate(args, out: Path, plan: dict) -> None:
         trained = bool(chain)  # a new training: every evaluation of the run is redone
         evals = [(FINAL, None)] + [(HALF, half_iteration(cfg.train.iterations))] * (v in args.half_evals)
         for folder, ckpt in evals:
-            if trained or not final_done(run / folder, n, steps, ckpt):
+            if trained or not eval_done(run / folder, n, steps, ckpt):
                 which = [] if ckpt is None else ["--checkpoint", str(ckpt)]
                 chain.append((f"eval {v} seed {seed}{' at half' if which else ''}",
                               ["eval", str(run), *which, "--num", str(n), "--steps", str(steps), "--seed", "0",
                                *allow_own_imports(cfg), "--out", str(run / folder)], run / f"{folder}.log"))
         chains.append(chain)
-    if base_cfg is not None and not final_done(out / FINAL, n, steps):
+    if base_cfg is not None and not eval_done(out / FINAL, n, steps):
         chains.insert(0, [base_eval_task(base_cfg, n, steps, out / FINAL)])
     run_chains([c for c in chains if c], args.jobs)
 
@@ -287,23 +288,12 @@ def load_seed(path: Path) -> dict | None:
              for e in run.evals if "eval/pass_rate" in e and e["iteration"] in secs]
     n = len(run.train)
     final, half = read_json(path / FINAL / "eval.json") or None, read_json(path / HALF / "eval.json") or None
-    if half:  # the checkpoint at half the budget
-        h = half.get("checkpoint") or half_iteration(n)
+    if half:  # the checkpoint at half the budget (eval.json records which)
+        h = half["checkpoint"]
         half = {"iteration": h, "seconds": secs[h], "nfe": nfe[h], "eval": half}
     return {"iterations": n, "seconds": secs[max(secs)], "nfe": nfe[max(nfe)],
             "s_per_iteration": secs[max(secs)] / n, "nfe_per_iteration": nfe[max(nfe)] / n, "curve": curve,
             "final": final, "half": half}
-
-
-def calibrated_clock(seeds: dict[int, dict], s_per_iteration: float) -> dict[int, dict]:
-    """The runs of load_seed with every "seconds" replaced by iterations x the calibrated seconds
-    per iteration: the training wall-clock the variant takes alone, which the load on the machine
-    while the runs trained (two at a time, evaluations, other work) does not move."""
-    def at(x: dict) -> dict:
-        return {**x, "seconds": x["iteration"] * s_per_iteration}
-
-    return {k: {**r, "seconds": r["iterations"] * s_per_iteration, "curve": [at(c) for c in r["curve"]],
-                "half": r["half"] and at(r["half"])} for k, r in seeds.items()}
 
 
 def summarise(out: Path, variants: list[str], n_boot: int = 4000) -> dict:
@@ -341,8 +331,8 @@ def summarise(out: Path, variants: list[str], n_boot: int = 4000) -> dict:
         if REFERENCE in runs:
             clock = "calibrated" if v in cal and REFERENCE in cal else "measured"
             if clock == "calibrated":
-                t = st.time_to_reference(calibrated_clock(rs, cal[v]["s_per_iteration"]),
-                                         calibrated_clock(runs[REFERENCE], cal[REFERENCE]["s_per_iteration"]))
+                t = st.time_to_reference(st.calibrated_clock(rs, cal[v]["s_per_iteration"]),
+                                         st.calibrated_clock(runs[REFERENCE], cal[REFERENCE]["s_per_iteration"]))
             else:
                 t = st.time_to_reference(rs, runs[REFERENCE])
             row["time_to_reference"] = t and {**t, "clock": clock}

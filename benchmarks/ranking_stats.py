@@ -113,6 +113,17 @@ def iterations_for_budget(budget_minutes: float, s_per_iteration: float) -> int:
     return max(1, math.floor(budget_minutes * 60 / s_per_iteration + 1e-9))
 
 
+def calibrated_clock(seeds: dict[int, dict], s_per_iteration: float) -> dict[int, dict]:
+    """The runs of load_seed with every "seconds" replaced by iterations x the calibrated seconds
+    per iteration: the training wall-clock the variant takes alone, which the load on the machine
+    while the runs trained (two at a time, evaluations, other work) does not move."""
+    def at(x: dict) -> dict:
+        return {**x, "seconds": x["iteration"] * s_per_iteration}
+
+    return {k: {**r, "seconds": r["iterations"] * s_per_iteration, "curve": [at(c) for c in r["curve"]],
+                "half": r["half"] and at(r["half"])} for k, r in seeds.items()}
+
+
 def first_reaching(points: list[tuple[float, float]], target: float) -> float | None:
     """Seconds of the first (seconds, score) point whose score is >= target; None: never."""
     return next((t for t, s in sorted(points) if s >= target - 1e-9), None)

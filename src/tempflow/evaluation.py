@@ -244,8 +244,8 @@ LORA_FILE = "pytorch_lora_weights.safetensors"
 def resolve_target(path: str | None, model: str | None = None, lora: str | None = None,
                    allow_imports: tuple[str, ...] | list[str] = ()) -> EvalTarget:
     """A run folder (config.yaml + lora/, or checkpoints/ of full fine-tuning), a LoRA folder, a
-    checkpoint / diffusers folder, or
-    None (``model`` and ``lora`` as given; None is the shipped base). UserError otherwise.
+    checkpoint / diffusers folder, or None (``model`` and ``lora`` as given; None is the shipped
+    base). UserError otherwise.
     A run's config may name reward factories only from ``allow_imports`` (docs/security.md)."""
     from tempflow.errors import UserError
 
