@@ -14,6 +14,8 @@ overrides of VARIANTS, printed in results.md. Three phases, each reusing finishe
    ``count/nfe``. Each variant then trains floor(budget * 60 / s_per_iteration) iterations.
    Random branch points make an iteration's cost vary, and runs sharing the machine (--jobs 2)
    are slower than alone, so results.md also gives every run's measured training time.
+   A calibration is reused only while the variant's whole config (the preset file's content and
+   every --set) and its threads are unchanged.
 2. Runs: variants x seeds as ``tempflow train`` child processes, ``--jobs`` at a time, seed 0 of
    every variant first (seed k of every variant draws the same prompts in every iteration); each
    run's final evaluation (phase 3) follows its training, so a ranking stopped part-way and
@@ -119,8 +121,16 @@ def run_sets(variant: str, seed: int, out: Path, iterations: int, extra: list[st
 
 
 def calibration_sets(variant: str, out: Path, iterations: int, extra: list[str]) -> list[str]:
+    """Overwrite: a calibration of a changed preset replaces the old one in the same folder."""
     return [*RUN_KEYS, *VARIANTS[variant], *extra, "run.eval_every=0", "train.seed=0",
-            f"train.iterations={iterations}", f"run.out={out / 'calibration' / variant}"]
+            f"train.iterations={iterations}", f"run.out={out / 'calibration' / variant}", "run.overwrite=true"]
+
+
+def resolved(preset: str, sets: list[str]) -> dict:
+    """The whole config a run of ``sets`` on the preset trains with, as JSON data (for reuse checks)."""
+    from tempflow.config.loading import config_to_dict
+
+    return json.loads(json.dumps(config_to_dict(load(preset, sets))))
 
 
 def load(preset: str, sets: list[str]):
@@ -181,14 +191,15 @@ def calibrate(args, out: Path) -> dict:
     cal = read_json(path)
     for v in args.variants:
         sets = calibration_sets(v, out, args.calibration_iterations, args.overrides)
-        if cal.get(v, {}).get("sets") == sets and cal[v].get("threads") == n_threads:
+        config = resolved(args.config, sets)  # the preset's content, not only the --set list
+        if cal.get(v, {}).get("config") == config and cal[v].get("threads") == n_threads:
             print(f"{v}: reusing calibration", file=sys.stderr)
             continue
         (out / "calibration").mkdir(parents=True, exist_ok=True)
         with threads(n_threads):
             run_commands([train_task(args.config, sets, f"calibrate {v}", out / "calibration" / f"{v}.log")], 1)
         s_it, nfe = st.seconds_per_iteration(train_records(out / "calibration" / v))
-        cal[v] = {"sets": sets, "threads": n_threads, "timed_iterations": max(1, args.calibration_iterations - 1),
+        cal[v] = {"sets": sets, "config": config, "threads": n_threads, "timed_iterations": max(1, args.calibration_iterations - 1),
                   "s_per_iteration": s_it, "nfe_per_iteration": nfe}
         path.write_text(json.dumps(cal, indent=1) + "\n")
     return cal

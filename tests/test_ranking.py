@@ -116,6 +116,12 @@ def test_calibration_times_each_variant_alone_and_is_reused(rk, tmp_path, monkey
     assert cal["flowgrpo"]["s_per_iteration"] == 5.0 and cal["tempflow"]["nfe_per_iteration"] == 600
     rk.plan_runs(args, tmp_path)
     assert len(calls) == 2  # reused
+    edited = tmp_path / "edited-preset.yaml"  # the same --set list on a preset whose content changed
+    edited.write_text((ROOT / PRESET).read_text().replace("  lr: ", "  lr: 2.0e-3  # was ", 1))
+    args.config = str(edited)
+    rk.plan_runs(args, tmp_path)
+    assert [c[0] for c in calls[2:]] == ["calibrate flowgrpo", "calibrate tempflow"]  # timed again
+    assert json.loads((tmp_path / "calibration.json").read_text())["tempflow"]["config"]["train"]["lr"] == 2e-3
     args.iterations = 5
     assert rk.plan_runs(args, tmp_path)["iterations"] == {"flowgrpo": 5, "tempflow": 5}
 
