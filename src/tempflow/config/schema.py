@@ -151,7 +151,7 @@ class OptimConfig(Section):
     ema_every: int = 8
     """EMA update every this many optimizer steps; 0 disables EMA."""
     ema_warmup: bool = True
-    """Decay min((1 + t) / (10 + t), ema_decay) at the t-th EMA update (the published code's warm-up, so early EMA weights are not held near the base); false: constant ema_decay (the shapes preset: on this small model the constant decay's averaging of noisy updates is what keeps the demo's evaluated weights improving)."""
+    """Decay min((1 + t) / (10 + t), ema_decay) at the t-th EMA update (the published code's warm-up, so early EMA weights are not held near the base); false: constant ema_decay."""
     seed: int = 0
     """Seed for prompts, noise and branch points."""
     max_nonfinite: int = 3
