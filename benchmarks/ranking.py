@@ -2,6 +2,7 @@
 
     python benchmarks/ranking.py [--budget-minutes 10 | --iterations N] [--seeds 5] [--jobs 2]
         [--final-eval 16] [--curve-evals K] [--variants ...] [--set key=value ...] [--out runs/ranking]
+        [--archive DIR]
     python benchmarks/ranking.py --summarise-only --out runs/ranking
 
 Every variant is the preset (``--config``, TempFlow-GRPO on the shapes world) plus only the
@@ -27,6 +28,11 @@ overrides of VARIANTS, printed in results.md. Three phases, each reusing finishe
    Every run keeps its checkpoint at half the budget (floor(iterations / 2)); ``--half-evals
    VARIANT ...`` evaluates those of the variants named the same way, which is the direct test of
    "reaches the reference's final score in at most half its wall-clock".
+
+A ranking longer than one working session: ``--archive DIR`` keeps every finished run's results
+(config, timings, evaluations; no weights, about 0.3 MB a run) in DIR, which can be committed, and
+a later ranking with the same ``--archive`` in a fresh checkout starts from them
+(benchmarks/ranking_archive.py).
 
 Statistics (benchmarks/ranking_stats.py): a variant's final pass rate and dense score are means
 over seeds with a 95% bootstrap interval resampling seeds and prompts within category; its
@@ -77,6 +83,7 @@ try:
     import tempflow  # noqa: F401
 except ImportError:  # running from a checkout without installing
     sys.path.insert(0, str(HERE.parent / "src"))
+import ranking_archive as ra  # noqa: E402
 import ranking_report as rr  # noqa: E402
 import ranking_stats as st  # noqa: E402
 from bench_runs import allow_own_imports, base_eval_task, preset_path, run_commands  # noqa: E402
@@ -140,16 +147,18 @@ def load(preset: str, sets: list[str]):
 
 
 def finished(cfg) -> bool:
-    """The run folder holds this config and its final checkpoint."""
+    """The run folder holds this config and its final checkpoint, or was restored from an archive
+    (results only: see run_and_evaluate)."""
     from tempflow.config import diff_configs
     from tempflow.training.run_dir import saved_config
 
     path = Path(cfg.run.out)
     if not (path / "config.yaml").is_file():
         return False
-    if [k for k in diff_configs(saved_config(path), cfg) if k != "run.overwrite"]:
+    # run.out: a run restored from an archive was trained in another folder
+    if [k for k in diff_configs(saved_config(path), cfg) if k not in ("run.overwrite", "run.out")]:
         return False
-    return (path / "checkpoints" / f"iter_{cfg.train.iterations:06d}").is_dir()
+    return (path / "checkpoints" / f"iter_{cfg.train.iterations:06d}").is_dir() or (path / ra.RESTORED).is_file()
 
 
 def train_task(preset: str, sets: list[str], label: str, log: Path):
@@ -237,22 +246,25 @@ def eval_done(folder: Path, n: int, steps: int, checkpoint: int | None = None) -
     return ev.get("images_per_prompt") == n and ev.get("steps") == steps and ev.get("checkpoint") == checkpoint
 
 
-def run_chains(chains: list[list[tuple[str, list[str], Path]]], jobs: int) -> None:
+def run_chains(chains: list[list[tuple[str, list[str], Path]]], jobs: int, after=None) -> None:
     """Run ``jobs`` chains at a time, the commands of a chain one after the other (a run's final
-    evaluation after its training), each with cores / jobs threads; SystemExit naming the
-    failed commands at the end (a failed command ends its own chain only)."""
+    evaluation after its training), each with cores / jobs threads, and ``after(i)`` once chain
+    i has succeeded; SystemExit naming the failed commands at the end (a failed command ends its
+    own chain only)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from tempflow.utils.child_process import run_pool
 
-    def one(chain):
-        for task in chain:
+    def one(i):
+        for task in chains[i]:
             if run_pool([task], jobs):  # jobs only sets the threads here: one task at a time
                 return [task[0]]
+        if after is not None:
+            after(i)
         return []
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        failed = [label for f in list(pool.map(one, chains)) for label in f]
+        failed = [label for f in list(pool.map(one, range(len(chains)))) for label in f]
     if failed:
         raise SystemExit(f"failed: {', '.join(failed)}")
 
@@ -260,28 +272,43 @@ def run_chains(chains: list[list[tuple[str, list[str], Path]]], jobs: int) -> No
 def run_and_evaluate(args, out: Path, plan: dict) -> None:
     """Train every unfinished (variant, seed) and evaluate its EMA weights with ``tempflow eval
     --num N --steps S --seed 0`` (the same prompts and initial noise for every run), and the
-    base model the same way; finished runs and evaluations are reused."""
-    n, steps, chains, base_cfg = args.final_eval, args.eval_steps, [], None
+    base model the same way; finished runs and evaluations are reused. With ``args.archive``
+    every run is archived (ranking_archive) once trained and evaluated; a run restored from an
+    archive holds no weights, so it is trained again when an evaluation it lacks is asked for."""
+    n, steps, chains, runs, base_cfg = args.final_eval, args.eval_steps, [], [], None
+    archive = getattr(args, "archive", None)
     for v, seed, sets, cfg in run_configs(args, out, plan):
         run, base_cfg, chain = Path(cfg.run.out), base_cfg or cfg, []
-        if finished(cfg):
+        evals = [(FINAL, None)] + [(HALF, half_iteration(cfg.train.iterations))] * (v in args.half_evals)
+        missing = [e for e in evals if not eval_done(run / e[0], n, steps, e[1])]
+        if finished(cfg) and not ((run / ra.RESTORED).is_file() and missing):
             print(f"{v} seed {seed}: reusing {run}", file=sys.stderr)
         else:
             for folder in (FINAL, HALF):  # of an earlier training, if any
                 shutil.rmtree(run / folder, ignore_errors=True)
+            (run / ra.RESTORED).unlink(missing_ok=True)
+            ra.remove(archive, out, run)
             chain.append(train_task(args.config, sets, f"{v} seed {seed}", out / f"{v}-seed{seed}.log"))
         trained = bool(chain)  # a new training: every evaluation of the run is redone
-        evals = [(FINAL, None)] + [(HALF, half_iteration(cfg.train.iterations))] * (v in args.half_evals)
         for folder, ckpt in evals:
-            if trained or not eval_done(run / folder, n, steps, ckpt):
+            if trained or (folder, ckpt) in missing:
                 which = [] if ckpt is None else ["--checkpoint", str(ckpt)]
                 chain.append((f"eval {v} seed {seed}{' at half' if which else ''}",
                               ["eval", str(run), *which, "--num", str(n), "--steps", str(steps), "--seed", "0",
                                *allow_own_imports(cfg), "--out", str(run / folder)], run / f"{folder}.log"))
         chains.append(chain)
+        runs.append(run)
     if base_cfg is not None and not eval_done(out / FINAL, n, steps):
         chains.insert(0, [base_eval_task(base_cfg, n, steps, out / FINAL)])
-    run_chains([c for c in chains if c], args.jobs)
+        runs.insert(0, None)
+    todo = [(c, r) for c, r in zip(chains, runs) if c]
+
+    def after(i):
+        if archive is not None:
+            run = todo[i][1]
+            ra.save_top(out, archive) if run is None else ra.save_run(out, run, archive)
+
+    run_chains([c for c, _ in todo], args.jobs, after)
 
 
 # ---------------------------------------------------------------------------- summarising
@@ -385,15 +412,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--curve-images", type=int, default=4, help="images per prompt of the in-run evaluations")
     ap.add_argument("--bootstrap", type=int, default=4000, help="bootstrap resamples")
     ap.add_argument("--out", default="runs/ranking", help="folder for the runs and the results")
+    ap.add_argument("--archive", type=Path, default=None, metavar="DIR",
+                    help="keep every finished run's results (no weights) in DIR, small enough to commit, and "
+                         "start from the runs already there: a ranking can go on in a fresh checkout")
     ap.add_argument("--summarise-only", action="store_true", help="only (re)write the results of existing runs")
     args = ap.parse_args(argv)
     if args.jobs < 1 or args.seeds < 1 or args.final_eval < 1 or args.calibration_iterations < 1:
         ap.error("--jobs, --seeds, --final-eval and --calibration-iterations must be at least 1")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.archive is not None:
+        for run in ra.restore(args.archive, out):
+            print(f"restored {run} from {args.archive}", file=sys.stderr)
     if not args.summarise_only:
         args.eval_steps = args.eval_steps or load(args.config, args.overrides).sampling.eval_steps
         plan = plan_runs(args, out)
+        if args.archive is not None:
+            ra.save_top(out, args.archive)
         run_and_evaluate(args, out, plan)
     write_summary(out, args.variants, args.bootstrap)
     print((out / "results.md").read_text())

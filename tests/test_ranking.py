@@ -175,6 +175,78 @@ def test_runs_go_seed_by_seed_each_evaluated_after_its_training_and_finished_wor
     assert [s[0] for s in started] == ["eval tempflow seed 0 at half"]
 
 
+def test_an_archive_carries_finished_runs_into_a_fresh_folder(rk, tmp_path, monkeypatch):
+    """Runs archived in one --out are restored into another and reused there: nothing is trained
+    or evaluated again, the summary's numbers are the same; a restored run asked for an evaluation
+    it lacks (it has no weights) is trained again."""
+    import ranking_archive as ra
+
+    import tempflow.utils.child_process as cp
+    from tempflow.config.loading import dump_config
+
+    started = []
+
+    def fake_run_pool(tasks, jobs):  # trains and evaluates by writing what the real commands write
+        (label, cmd, log), = tasks
+        started.append(label)
+        opts = dict(zip(cmd[1:], cmd[2:]))
+        if cmd[0] == "train":
+            cfg = rk.load(PRESET, [cmd[i + 1] for i, a in enumerate(cmd) if a == "--set"])
+            run = Path(cfg.run.out)
+            write_metrics(run, [1.0 + cfg.train.seed] * cfg.train.iterations)
+            with (run / "metrics.jsonl").open("a") as f:
+                f.write(json.dumps({"iteration": 1, "sys/rss_mb": 600.0}) + "\n")  # not a kept key
+            dump_config(cfg, run / "config.yaml")
+            (run / "checkpoints" / f"iter_{cfg.train.iterations:06d}").mkdir(parents=True)
+        else:
+            ev = fake_eval([(k % 2 == 0, k / 6) for k in range(6)] if "--model" in cmd else (True, 0.9))
+            ev.update(images_per_prompt=int(opts["--num"]), steps=int(opts["--steps"]),
+                      checkpoint=int(opts["--checkpoint"]) if "--checkpoint" in opts else None)
+            for row in ev["images"]:
+                row["objects"] = [{"shape": "circle", "bbox": [1, 2, 3, 4]}]  # not a kept key
+            Path(opts["--out"]).mkdir(parents=True, exist_ok=True)
+            (Path(opts["--out"]) / "eval.json").write_text(json.dumps(ev))
+        return []
+
+    monkeypatch.setattr(cp, "run_pool", fake_run_pool)
+    arch, first, fresh = tmp_path / "archive", tmp_path / "first", tmp_path / "fresh"
+    args = argparse.Namespace(variants=["flowgrpo", "tempflow"], seeds=2, overrides=[], jobs=2, final_eval=2,
+                              eval_steps=10, curve_evals=0, curve_images=4, config=PRESET, half_evals=[],
+                              archive=arch)
+    plan = {"mode": "iterations", "iterations": {"flowgrpo": 3, "tempflow": 4}}
+    (first / "plan.json").parent.mkdir()
+    (first / "plan.json").write_text(json.dumps(plan))
+    rk.run_and_evaluate(args, first, plan)
+    assert len(started) == 1 + 2 * 2 * 2  # the base model, then 4 runs trained and evaluated
+    assert json.loads((arch / "plan.json").read_text()) == plan  # with the base model's evaluation
+    run = arch / "tempflow" / "seed1"
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 4 and all(set(r) == {"iteration", "reward/mean", "time/iteration", "count/nfe"}
+                                     for r in records)
+    ev = json.loads((run / "final-eval" / "eval.json").read_text())
+    assert set(ev["images"][0]) == {"prompt", "category", "passed", "score"} and ev["images_per_prompt"] == 2
+    assert not (run / "checkpoints").exists()
+
+    started.clear()
+    restored = ra.restore(arch, fresh)
+    assert len(restored) == 4 and all((r / ra.RESTORED).is_file() for r in restored)
+    rk.run_and_evaluate(args, fresh, plan)
+    assert started == []  # everything reused, the base model's evaluation too
+    a, b = rk.summarise(first, args.variants, 200), rk.summarise(fresh, args.variants, 200)
+    for v in args.variants:
+        assert a["variants"][v]["final"] == b["variants"][v]["final"]
+        assert a["variants"][v]["vs_reference"] == b["variants"][v]["vs_reference"]
+        assert a["variants"][v]["measured"] == b["variants"][v]["measured"]
+    assert a["base"] == b["base"] and b["base"]["pass_rate"]["estimate"] == pytest.approx(0.5)
+
+    args.half_evals, args.seeds = ["tempflow"], 1  # no weights to evaluate at half: trained again
+    rk.run_and_evaluate(args, fresh, plan)
+    assert started == ["tempflow seed 0", "eval tempflow seed 0", "eval tempflow seed 0 at half"]
+    assert not (fresh / "tempflow" / "seed0" / ra.RESTORED).exists()
+    assert (arch / "tempflow" / "seed0" / "half-eval" / "eval.json").is_file()  # archived anew
+    assert ra.restore(arch, fresh) == []  # a folder that holds the runs is left alone
+
+
 # ------------------------------------------------------------------ statistics
 
 PROMPTS = [("colors", "a red circle"), ("colors", "a blue square"), ("counting", "two circles")]
@@ -330,7 +402,8 @@ def test_ranking_smoke_trains_evaluates_and_reuses(tmp_path, tiny_shapes_checkpo
     args = ["--iterations", "2", "--seeds", "1", "--jobs", "2", "--final-eval", "1", "--variants", "flowgrpo",
             "tempflow", "--half-evals", "tempflow", "--bootstrap", "50", "--out", out, "--set",
             f"model.name={tiny_shapes_checkpoint}", "sampling.steps=4", "sampling.eval_steps=2",
-            "train.prompts_per_iteration=1", "reward.name=toy_rewards:brightness", f"prompts.eval={evals}"]
+            "train.prompts_per_iteration=1", "reward.name=toy_rewards:brightness", f"prompts.eval={evals}",
+            "--archive", tmp_path / "archive"]
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "workers"), os.environ.get("PYTHONPATH", "")])}
 
@@ -357,3 +430,7 @@ def test_ranking_smoke_trains_evaluates_and_reuses(tmp_path, tiny_shapes_checkpo
     again = run()  # everything finished is reused
     assert again.stderr.count("reusing") == 2 and "eval " not in again.stderr
     assert (out / "tempflow" / "seed0" / "half-eval" / "eval.json").stat().st_mtime_ns == stamp
+    args[args.index(out)] = out = tmp_path / "fresh"  # a fresh checkout: its runs come from the archive
+    fresh = run()
+    assert fresh.stderr.count("restored") == 2 and fresh.stderr.count("reusing") == 2 and "eval " not in fresh.stderr
+    assert json.loads((out / "summary.json").read_text())["variants"]["tempflow"]["final"] == t["final"]
