@@ -54,7 +54,7 @@ def test_documented_examples_run_quietly(tmp_path):
     assert any(line.startswith("overall") for line in out)  # format_table
     assert "unknown config key 'algorithm.num_branchs'" in p.stdout
     for f in ("grid.png", "grid.json", "trained.png", "eval-base/eval.json",
-              "runs/api-demo/lora/pytorch_lora_weights.safetensors"):
+              "runs/api-demo/model/model.safetensors"):
         assert (tmp_path / f).is_file(), f
     metrics = (tmp_path / "runs/api-demo/metrics.jsonl").read_text().splitlines()
     assert len(metrics) == 4  # 2 iterations, then 2 more after the resume

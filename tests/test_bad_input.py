@@ -134,9 +134,9 @@ CASES = [
     Case("resume-config", "--resume with --config", ["train", "--resume", "{run}", "--config", "{config}"],
          "drop --config"),
     Case("resume-change", "--resume changing a setting", ["train", "--resume", "{run}", "--set", "algorithm.beta=0.1"],
-         "cannot change algorithm.beta (0.04 -> 0.1) when resuming"),
+         "cannot change algorithm.beta (0.01 -> 0.1) when resuming"),
     Case("resume-edited", "--resume after config.yaml was edited by hand", ["train", "--resume", "{edited_run}"],
-         "cannot change algorithm.beta (0.04 -> 0.2) when resuming"),
+         "cannot change algorithm.beta (0.01 -> 0.2) when resuming"),
     Case("resume-shorter", "--resume with fewer iterations than were done",
          ["train", "--resume", "{run}", "--set", "train.iterations=1"], "below the 3 iterations already done"),
     Case("resume-no-checkpoint", "--resume of a run whose checkpoints are all damaged",
@@ -256,7 +256,7 @@ def _hostile_world(tmp: Path, paths: dict) -> None:
         paths[name] = tmp / name
         shutil.copytree(run, paths[name])
     cfg_file = paths["edited_run"] / "config.yaml"
-    cfg_file.write_text(cfg_file.read_text().replace("beta: 0.04", "beta: 0.2"))
+    cfg_file.write_text(cfg_file.read_text().replace("beta: 0.01", "beta: 0.2"))
     for state in paths["damaged_run"].glob("checkpoints/*/state.pt"):
         state.write_bytes(state.read_bytes()[:100])
     metrics = paths["garbled_run"] / "metrics.jsonl"
@@ -358,7 +358,9 @@ def test_overwrite_replaces_only_run_files(world, capsys):
     run = world["tmp"] / "overwritten"
     shutil.copytree(world["run"], run)
     mine = ["notes.txt", "checkpoints/README.md", "checkpoints/iter_000003/notes.txt", "grids/eval_best.png",
-            "tb/my-plot.png", "lora/README.md"]
+            "tb/my-plot.png", "lora/README.md", "model/notes.txt"]
+    (run / "model").mkdir()
+    (run / "model" / "model.safetensors").write_bytes(b"a full fine-tune's export")  # a run's own file
     for name in mine:
         (run / name).write_text(f"mine: {name}")
     code = main(fill(train(f"run.out={run}", "train.iterations=1"), world) + ["--overwrite"])
@@ -368,6 +370,7 @@ def test_overwrite_replaces_only_run_files(world, capsys):
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["README.md", "iter_000001", "iter_000003"]
     assert sorted(p.name for p in (run / "checkpoints" / "iter_000003").iterdir()) == ["notes.txt"]
     assert sorted(p.name for p in (run / "grids").iterdir()) == ["eval_best.png"]
+    assert sorted(p.name for p in (run / "model").iterdir()) == ["notes.txt"]
     assert "overwrite: false" in (run / "config.yaml").read_text()
     assert json.loads((run / "tempflow-run.json").read_text())["tempflow"] == "run"
     # a run started with --overwrite resumes like any other

@@ -49,7 +49,7 @@ def test_shapes_flowgrpo_preset_changes_only_the_algorithm():
     b = load_config(ROOT / "configs/shapes-flowgrpo.yaml", [])
     assert diff_configs(a, b) == ["algorithm.scheme", "algorithm.step_weight", "algorithm.beta",
                                   "algorithm.kl_std", "run.out"]
-    assert (b.algorithm.beta, b.algorithm.kl_std, b.algorithm.group_size) == (0.4, "g", 8)
+    assert (b.algorithm.beta, b.algorithm.kl_std, b.algorithm.group_size) == (0.1, "g", 8)
 
 
 def test_sd35m_presets_follow_the_paper():
@@ -324,7 +324,7 @@ def test_round_trip(tmp_path):
 def test_diff_configs():
     base = TrainConfig()
     assert diff_configs(base, TrainConfig()) == []
-    other = load_config(None, ["model.lora=null", "train.lr=0.1", "reward.kwargs.x=1"])
+    other = load_config(None, ["model.lora.rank=4", "train.lr=0.1", "reward.kwargs.x=1"])
     assert diff_configs(base, other) == ["model.lora", "train.lr", "reward.kwargs.x"]
     assert diff_configs(config_to_dict(other), base) == ["model.lora", "train.lr", "reward.kwargs.x"]
 

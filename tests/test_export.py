@@ -129,6 +129,16 @@ def test_a_full_finetuning_run_evaluates_its_newest_checkpoint(run, tmp_path):
     from tempflow.training.export import load_run_model
     m1, m2 = (load_run_model(tmp_path / "full", i)[0] for i in (1, 2))
     assert any(not torch.equal(a, b) for a, b in zip(m1.transformer.parameters(), m2.transformer.parameters()))
+    # model/ holds the newest checkpoint's EMA weights, in the folder format --model reads; no lora/
+    assert not (tmp_path / "full" / "lora").exists() and not (tmp_path / "full" / ".model-tmp").exists()
+    exported = load_file(str(tmp_path / "full" / "model" / "model.safetensors"))
+    ema = ema_of(tmp_path / "full", 2)
+    assert ema and all(torch.equal(exported[f"transformer.{k}"], v) for k, v in ema.items())
+    code, err = cli("eval", "--model", tmp_path / "full" / "model", *common, "--reward", "shapes",
+                    "--out", tmp_path / "folder")
+    assert code == 0, err
+    folder = json.loads((tmp_path / "folder" / "eval.json").read_text())["images"]
+    assert [(r["passed"], r["score"]) for r in folder] == [(r["passed"], r["score"]) for r in newest["images"]]
 
 
 def test_newest_export_equals_the_runs_own_lora(run, tmp_path):

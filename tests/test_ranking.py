@@ -35,7 +35,7 @@ def st(rk):
 # ------------------------------------------------------------------ variants
 
 OWN_KEYS = {
-    "flowgrpo": ["algorithm.scheme", "algorithm.step_weight"],  # algorithm.std=group is the preset's
+    "flowgrpo": ["algorithm.scheme", "algorithm.std", "algorithm.step_weight"],  # per-prompt std: the paper's baseline
     "weighting-only": ["algorithm.scheme"],
     "tempflow-paper": ["algorithm.branch_points"],
     "tempflow": [],

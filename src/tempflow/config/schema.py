@@ -64,8 +64,8 @@ class ModelConfig(Section):
     """Image side in pixels (SD3 only; the shapes model has its own)."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Model precision; the sampler's step math is always float32."""
-    lora: LoraConfig | None = field(default_factory=LoraConfig)
-    """LoRA adapter to train; null trains the full model."""
+    lora: LoraConfig | None = None
+    """LoRA adapter to train; null (the default) trains the full model."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, slower)."""
 
@@ -140,7 +140,7 @@ class OptimConfig(Section):
     grad_accumulation: int = 1
     """Backward passes per minibatch (its rows in this many micro-batches, gradients synchronised
     after the last: less activation memory, the same update up to float rounding)."""
-    lr: float = 1e-3
+    lr: float = 1e-4
     """AdamW learning rate."""
     weight_decay: float = 1e-4
     """AdamW weight decay."""

@@ -8,6 +8,7 @@ import shutil
 import signal
 import threading
 import time
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -137,8 +138,28 @@ def save(trainer: Trainer, run: RunDir, dist: Dist, done: int, streak: int):
         path = ckpt_io.save_checkpoint(root, done, tensors, state, meta, cfg.run.keep_checkpoints, written)
         if cfg.model.lora is not None:
             _export_lora(trainer, run, lora)
+        elif not trainer.engine.sharded and hasattr(trainer.model, "save_pretrained"):
+            _export_model(trainer, run)
     dist.barrier()
     return path
+
+
+def _replace_folder_files(tmp: Path, final: Path) -> None:
+    """Move each file of ``tmp`` over its namesake in ``final`` (atomic per file), then drop tmp."""
+    final.mkdir(exist_ok=True)
+    for f in tmp.iterdir():
+        os.replace(f, final / f.name)
+    tmp.rmdir()
+
+
+def _export_model(trainer: Trainer, run: RunDir) -> None:
+    """model/ (EMA weights of a full fine-tune of the shapes model, in the format ``--model``
+    reads: config.json and model.safetensors), written aside and renamed as lora/ is."""
+    tmp = run.path / ".model-tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    with trainer.ema.applied():
+        trainer.model.save_pretrained(tmp)
+    _replace_folder_files(tmp, run.path / "model")
 
 
 def _export_lora(trainer: Trainer, run: RunDir, full: dict | None = None) -> None:
@@ -151,10 +172,7 @@ def _export_lora(trainer: Trainer, run: RunDir, full: dict | None = None) -> Non
     else:
         with trainer.ema.applied():
             trainer.model.save_lora(tmp)
-    final.mkdir(exist_ok=True)
-    for f in tmp.iterdir():
-        os.replace(f, final / f.name)
-    tmp.rmdir()
+    _replace_folder_files(tmp, final)
 
 
 def restore(trainer: Trainer, run: RunDir, dist: Dist, found: ckpt_io.Checkpoint) -> tuple[int, int, object]:

@@ -113,12 +113,12 @@ def set_aside_later(path: Path, iteration: int) -> Path | None:
     (aside / ckpt_io.FOLDER).mkdir(parents=True, exist_ok=False)
     for folder in later:
         folder.rename(aside / ckpt_io.FOLDER / folder.name)
-    for name in ("metrics.jsonl", "lora"):
+    for name in ("metrics.jsonl", "lora", "model"):
         src = path / name
         if src.is_dir():
             shutil.copytree(src, aside / name)
         elif src.is_file():
             shutil.copy2(src, aside / name)
     ckpt_io.warn(f"resuming from checkpoint {iteration}: the {len(later)} later checkpoint(s), "
-                 f"metrics.jsonl and lora/ as they were are kept in {aside}")
+                 f"metrics.jsonl and lora/ or model/ as they were are kept in {aside}")
     return aside

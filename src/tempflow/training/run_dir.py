@@ -25,6 +25,8 @@ RUN_FOLDERS = {
     "tb": re.compile(r"^events\.out\.tfevents\..+$"),
     "lora": re.compile(r"^pytorch_lora_weights\.safetensors$"),
     ".lora-tmp": re.compile(r"^pytorch_lora_weights\.safetensors$"),
+    "model": re.compile(r"^(config\.json|model\.safetensors)$"),
+    ".model-tmp": re.compile(r"^(config\.json|model\.safetensors)$"),
 }
 
 
