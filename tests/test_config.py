@@ -44,6 +44,15 @@ def test_shapes_tempflow_preset_is_the_defaults():
     assert load_config(None, []) == TrainConfig()
 
 
+def test_shapes_lora_preset_is_the_earlier_preset():
+    from tempflow.config import diff_configs
+
+    lora = load_config(ROOT / "configs/shapes-tempflow-lora.yaml", [])
+    assert diff_configs(TrainConfig(), lora) == ["model.lora", "algorithm.std", "algorithm.beta", "train.lr", "run.out"]
+    assert lora == load_config(None, ["model.lora.rank=8", "train.lr=1e-3", "algorithm.std=group",
+                                      "algorithm.beta=0.04", "run.out=runs/shapes-tempflow-lora"])
+
+
 def test_shapes_flowgrpo_preset_changes_only_the_algorithm():
     a = load_config(ROOT / "configs/shapes-tempflow.yaml", [])
     b = load_config(ROOT / "configs/shapes-flowgrpo.yaml", [])
