@@ -186,6 +186,8 @@ def wandb_records(path: Path):
             pos += left
             continue
         chunk = data[pos + 7:pos + 7 + n]
+        if len(chunk) < n:
+            raise EOFError(f"{path} ends inside a record")
         pos += 7 + n
         buf = chunk if kind in (1, 2) else buf + chunk  # FULL, FIRST | MIDDLE, LAST
         if kind in (1, 4):
@@ -194,7 +196,25 @@ def wandb_records(path: Path):
             yield rec
 
 
-def wandb_history(run_dir: Path) -> dict[str, dict[int, object]]:
+def wandb_history(run_dir: Path, wait_s: float = 30.0) -> dict[str, dict[int, object]]:
+    """The run's history by key and step. wandb's service process may still be writing the file's
+    last records after the run finished (seen on a loaded machine): a file that ends inside a
+    record or does not parse is read again, for up to ``wait_s`` seconds, then the error stands."""
+    import time
+
+    from google.protobuf.message import DecodeError
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return _wandb_history(run_dir)
+        except (EOFError, DecodeError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def _wandb_history(run_dir: Path) -> dict[str, dict[int, object]]:
     [log] = glob.glob(str(run_dir / "*.wandb"))
     out: dict[str, dict[int, object]] = {}
     for rec in wandb_records(Path(log)):
