@@ -30,7 +30,7 @@ overrides of VARIANTS, printed in results.md. Three phases, each reusing finishe
    "reaches the reference's final score in at most half its wall-clock".
 
 A ranking longer than one working session: ``--archive DIR`` keeps every finished run's results
-(config, timings, evaluations; no weights, about 0.3 MB a run) in DIR, which can be committed, and
+(config, timings, evaluations; no weights, about 0.25 MB a run) in DIR, which can be committed, and
 a later ranking with the same ``--archive`` in a fresh checkout starts from them
 (benchmarks/ranking_archive.py).
 
@@ -275,7 +275,7 @@ def run_and_evaluate(args, out: Path, plan: dict) -> None:
     base model the same way; finished runs and evaluations are reused. With ``args.archive``
     every run is archived (ranking_archive) once trained and evaluated; a run restored from an
     archive holds no weights, so it is trained again when an evaluation it lacks is asked for."""
-    n, steps, chains, runs, base_cfg = args.final_eval, args.eval_steps, [], [], None
+    n, steps, chains, base_cfg = args.final_eval, args.eval_steps, [], None  # chains: (commands, run or None)
     archive = getattr(args, "archive", None)
     for v, seed, sets, cfg in run_configs(args, out, plan):
         run, base_cfg, chain = Path(cfg.run.out), base_cfg or cfg, []
@@ -296,19 +296,21 @@ def run_and_evaluate(args, out: Path, plan: dict) -> None:
                 chain.append((f"eval {v} seed {seed}{' at half' if which else ''}",
                               ["eval", str(run), *which, "--num", str(n), "--steps", str(steps), "--seed", "0",
                                *allow_own_imports(cfg), "--out", str(run / folder)], run / f"{folder}.log"))
-        chains.append(chain)
-        runs.append(run)
+        if chain:
+            chains.append((chain, run))
     if base_cfg is not None and not eval_done(out / FINAL, n, steps):
-        chains.insert(0, [base_eval_task(base_cfg, n, steps, out / FINAL)])
-        runs.insert(0, None)
-    todo = [(c, r) for c, r in zip(chains, runs) if c]
+        chains.insert(0, ([base_eval_task(base_cfg, n, steps, out / FINAL)], None))
 
-    def after(i):
-        if archive is not None:
-            run = todo[i][1]
-            ra.save_top(out, archive) if run is None else ra.save_run(out, run, archive)
+    def after(i):  # the base model's evaluation archives the top-level files
+        run = chains[i][1]
+        if archive is None:
+            return
+        if run is None:
+            ra.save_top(out, archive)
+        else:
+            ra.save_run(out, run, archive)
 
-    run_chains([c for c, _ in todo], args.jobs, after)
+    run_chains([c for c, _ in chains], args.jobs, after)
 
 
 # ---------------------------------------------------------------------------- summarising
