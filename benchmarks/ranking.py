@@ -34,9 +34,9 @@ A ranking longer than one working session: ``--archive DIR`` keeps every finishe
 a later ranking with the same ``--archive`` in a fresh checkout starts from them
 (benchmarks/ranking_archive.py).
 
-Statistics (benchmarks/ranking_stats.py): a variant's final pass rate and dense score are means
-over seeds with a 95% bootstrap interval resampling seeds and prompts within category; its
-difference to flowgrpo pairs seed k with seed k and image with image, with the same bootstrap.
+Summary (benchmarks/ranking_summary.py) and statistics (benchmarks/ranking_stats.py): a
+variant's final pass rate and dense score are means over seeds with a 95% bootstrap interval
+resampling seeds and prompts within category; its difference to flowgrpo pairs seed k with seed k and image with image, with the same bootstrap.
 The table is sorted by the dense-score difference (the less noisy metric); "beats flowgrpo"
 says yes only when that interval lies above zero. The intervals are per comparison, not
 corrected for comparing eight variants with one reference.
@@ -84,12 +84,11 @@ try:
 except ImportError:  # running from a checkout without installing
     sys.path.insert(0, str(HERE.parent / "src"))
 import ranking_archive as ra  # noqa: E402
-import ranking_report as rr  # noqa: E402
 import ranking_stats as st  # noqa: E402
+import ranking_summary as rs  # noqa: E402
 from bench_runs import allow_own_imports, base_eval_task, preset_path, run_commands  # noqa: E402
 from tempflow.utils.child_process import threads_per_job  # noqa: E402
 
-REFERENCE = "flowgrpo"
 VARIANTS = {
     "flowgrpo": ["algorithm.scheme=flow_grpo", "algorithm.std=group", "algorithm.step_weight=none"],
     "weighting-only": ["algorithm.scheme=flow_grpo", "algorithm.step_weight=tempflow"],
@@ -103,9 +102,8 @@ VARIANTS = {
     "sde-window": ["algorithm.scheme=sde_window", "algorithm.window_size=3", "algorithm.step_weight=flash"],
     "flowgrpo-cps": ["algorithm.scheme=flow_grpo", "algorithm.step_weight=none", "sampling.sde_type=cps"],
 }
+FINAL, HALF, REFERENCE, read_json = rs.FINAL, rs.HALF, rs.REFERENCE, rs.read_json
 RUN_KEYS = ["run.save_every=0", "run.log_images_every=0"]  # calibration: no intermediate checkpoints or grids
-FINAL = "final-eval"  # in each run folder, and in --out for the base model
-HALF = "half-eval"  # in each run folder: its checkpoint at half the budget (--half-evals)
 
 
 # ---------------------------------------------------------------------------- configs
@@ -180,10 +178,6 @@ def threads(n: int):
             del os.environ["OMP_NUM_THREADS"]
         else:
             os.environ["OMP_NUM_THREADS"] = old
-
-
-def read_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def train_records(path: Path) -> list[dict]:
@@ -313,86 +307,9 @@ def run_and_evaluate(args, out: Path, plan: dict) -> None:
     run_chains([c for c, _ in chains], args.jobs, after)
 
 
-# ---------------------------------------------------------------------------- summarising
-
-def load_seed(path: Path) -> dict | None:
-    """One run: training totals, in-run evaluation curve and the final paired eval.json."""
-    from tempflow.report.runs import cumulative, load_run
-
-    run = load_run(path)
-    if not run.train:
-        return None
-    secs, nfe = cumulative(run.train, "time/iteration"), cumulative(run.train, "count/nfe")
-    curve = [{"iteration": e["iteration"], "seconds": secs[e["iteration"]], "nfe": nfe[e["iteration"]],
-              "pass_rate": e["eval/pass_rate"], "score": e.get("eval/score")}
-             for e in run.evals if "eval/pass_rate" in e and e["iteration"] in secs]
-    n = len(run.train)
-    final, half = read_json(path / FINAL / "eval.json") or None, read_json(path / HALF / "eval.json") or None
-    if half:  # the checkpoint at half the budget (eval.json records which)
-        h = half["checkpoint"]
-        half = {"iteration": h, "seconds": secs[h], "nfe": nfe[h], "eval": half}
-    return {"iterations": n, "seconds": secs[max(secs)], "nfe": nfe[max(nfe)],
-            "s_per_iteration": secs[max(secs)] / n, "nfe_per_iteration": nfe[max(nfe)] / n, "curve": curve,
-            "final": final, "half": half}
-
-
 def summarise(out: Path, variants: list[str], n_boot: int = 4000) -> dict:
-    plan, cal = read_json(out / "plan.json"), read_json(out / "calibration.json")
-    runs = {}
-    for v in variants:
-        seeds = {int(d.name[4:]): load_seed(d) for d in sorted((out / v).glob("seed*")) if d.name[4:].isdigit()}
-        if seeds := {k: r for k, r in seeds.items() if r is not None}:
-            runs[v] = seeds
-    finals = {v: {k: r["final"] for k, r in rs.items() if r["final"]} for v, rs in runs.items()}
-    res = {}
-    for v, rs in runs.items():
-        row = {"overrides": VARIANTS.get(v, []), "seeds": sorted(rs), "iterations": plan.get("iterations", {}).get(v),
-               "calibration": {k: cal[v][k] for k in ("s_per_iteration", "nfe_per_iteration", "threads")}
-               if v in cal else None,
-               "measured": {x: sum(r[x] for r in rs.values()) / len(rs)
-                            for x in ("iterations", "seconds", "s_per_iteration", "nfe_per_iteration")},
-               "curves": {k: r["curve"] for k, r in rs.items()}}
-        if finals[v]:
-            evs = list(finals[v].values())
-            row["final"] = {m: st.level(evs, m, n_boot) for m in st.ROW_KEY}
-            if finals.get(REFERENCE):
-                row["vs_reference"] = {m: st.paired_difference(finals[v], finals[REFERENCE], m, n_boot)
-                                       for m in st.ROW_KEY}
-        halves = {k: r["half"] for k, r in rs.items() if r["half"]}
-        if halves:
-            h_evals = {k: h["eval"] for k, h in halves.items()}
-            row["half"] = {"seeds": sorted(halves),
-                           "iteration": sum(h["iteration"] for h in halves.values()) / len(halves),
-                           "seconds": sum(h["seconds"] for h in halves.values()) / len(halves),
-                           **{m: st.level(list(h_evals.values()), m, n_boot) for m in st.ROW_KEY}}
-            if finals.get(REFERENCE):
-                row["half"]["vs_reference_end"] = {
-                    m: st.paired_difference(h_evals, finals[REFERENCE], m, n_boot) for m in st.ROW_KEY}
-        if REFERENCE in runs:
-            clock = "calibrated" if v in cal and REFERENCE in cal else "measured"
-            if clock == "calibrated":
-                t = st.time_to_reference(st.calibrated_clock(rs, cal[v]["s_per_iteration"]),
-                                         st.calibrated_clock(runs[REFERENCE], cal[REFERENCE]["s_per_iteration"]))
-            else:
-                t = st.time_to_reference(rs, runs[REFERENCE])
-            row["time_to_reference"] = t and {**t, "clock": clock}
-        res[v] = row
-    base = read_json(out / FINAL / "eval.json")
-    one = next((f for fs in finals.values() for f in fs.values()), base)
-    plan = {**plan, "final_eval": one.get("images_per_prompt"), "eval_steps": one.get("steps")} if one else plan
-    return {"plan": plan, "variants": res,
-            "base": {m: st.level([base], m, n_boot) for m in st.ROW_KEY} if base else None}
-
-
-def write_summary(out: Path, variants: list[str], n_boot: int = 4000) -> dict:
-    summary = summarise(out, variants, n_boot)
-    if not summary["variants"]:
-        raise SystemExit(f"no finished runs under {out}")
-    (out / "results.md").write_text(rr.markdown(summary, REFERENCE))
-    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    for x in ("iterations", "nfe", "wallclock"):
-        rr.plot(summary, x, out / f"ranking_vs_{x}.png")
-    return summary
+    """summary.json's content: ranking_summary.summarise with this file's VARIANTS."""
+    return rs.summarise(out, variants, VARIANTS, n_boot)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -432,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.archive is not None:
             ra.save_top(out, args.archive)
         run_and_evaluate(args, out, plan)
-    write_summary(out, args.variants, args.bootstrap)
+    rs.write_summary(out, args.variants, VARIANTS, args.bootstrap)
     print((out / "results.md").read_text())
     print(f"wrote {out}/results.md, summary.json and ranking_vs_{{iterations,nfe,wallclock}}.png")
     return 0
