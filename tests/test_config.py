@@ -48,9 +48,11 @@ def test_shapes_lora_preset_is_the_earlier_preset():
     from tempflow.config import diff_configs
 
     lora = load_config(ROOT / "configs/shapes-tempflow-lora.yaml", [])
-    assert diff_configs(TrainConfig(), lora) == ["model.lora", "algorithm.std", "algorithm.beta", "train.lr", "run.out"]
+    assert diff_configs(TrainConfig(), lora) == ["model.lora", "algorithm.std", "algorithm.beta", "train.iterations",
+                                                 "train.lr", "run.out", "run.eval_every", "run.save_every"]
     assert lora == load_config(None, ["model.lora.rank=8", "train.lr=1e-3", "algorithm.std=group",
-                                      "algorithm.beta=0.04", "run.out=runs/shapes-tempflow-lora"])
+                                      "algorithm.beta=0.04", "train.iterations=90", "run.eval_every=90",
+                                      "run.save_every=30", "run.out=runs/shapes-tempflow-lora"])
 
 
 def test_shapes_flowgrpo_preset_changes_only_the_algorithm():

@@ -129,7 +129,7 @@ class OptimConfig(Section):
     """The optimisation loop: iterations, batches, AdamW, EMA."""
 
     _prefix: ClassVar[str] = "train."
-    iterations: int = 90
+    iterations: int = 150
     """Iterations (sample, score, train)."""
     prompts_per_iteration: int = 4
     """Prompts sampled per iteration (over all processes)."""
@@ -259,11 +259,11 @@ class RunConfig(Section):
     _prefix: ClassVar[str] = "run."
     out: str = "runs/shapes-tempflow"
     """Run folder (config, logs, checkpoints, images)."""
-    eval_every: int = 90
+    eval_every: int = 150
     """Evaluate every this many iterations; 0 disables."""
     eval_images_per_prompt: int = 16
     """Evaluation images per held-out prompt."""
-    save_every: int = 30
+    save_every: int = 50
     """Save a full-state checkpoint (and the LoRA) every this many iterations and at the end; 0: only at the end."""
     keep_checkpoints: int = 3
     """Full-state checkpoints kept in checkpoints/ (older ones are deleted)."""
