@@ -351,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         run_and_evaluate(args, out, plan)
     rs.write_summary(out, args.variants, VARIANTS, args.bootstrap)
     print((out / "results.md").read_text())
-    print(f"wrote {out}/results.md, summary.json and ranking_vs_{{iterations,nfe,wallclock}}.png")
+    print(f"wrote {out}/results.md, results-short.md, summary.json and ranking_vs_{{iterations,nfe,wallclock}}.png")
     return 0
 
 

@@ -94,10 +94,30 @@ def markdown(summary: dict, ref: str = "flowgrpo") -> str:
     return "\n".join(lines) + "\n"
 
 
+def short_table(summary: dict, ref: str = "flowgrpo") -> str:
+    """The README's table (results-short.md): one row a variant, the columns that rank it."""
+    res = summary["variants"]
+    lines = [f"| variant | seeds | iterations | model evals/it | pass rate | dense score | Δ dense vs {ref} | "
+             f"Δ pass vs {ref} | at half the budget: Δ dense vs {ref}'s end | time to {ref}'s final dense score |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for v, r in sorted(res.items(), key=lambda kv: (-gain(kv[1]), kv[0])):
+        c, m, fin, d = r["calibration"], r["measured"], r.get("final", {}), r.get("vs_reference") or {}
+        nfe = c["nfe_per_iteration"] if c else m["nfe_per_iteration"]
+        half = (r.get("half") or {}).get("vs_reference_end") or {}
+        lines.append(f"| {v} | {len(r['seeds'])} | {r['iterations'] or round(m['iterations'])} | {nfe:.0f} | "
+                     f"{interval(fin.get('pass_rate'))} | {interval(fin.get('score'))} | "
+                     f"{interval(d.get('score'), True) if v != ref else '–'} | "
+                     f"{interval(d.get('pass_rate'), True) if v != ref else '–'} | "
+                     f"{interval(half.get('score'), True)} | {reach_text(r.get('time_to_reference'))} |")
+    return "\n".join(lines) + "\n"
+
+
 def plot(summary: dict, x: str, path: Path) -> None:
     """Dense score and pass rate against x: in-run curves (mean over seeds) where they exist, and
     the paired evaluations (mean, 95% interval) at the runs' end and, with --half-evals, at half
-    the budget."""
+    the budget. Wall-clock is calibrated (iterations x the variant's seconds per iteration alone,
+    as the time-to-reference column) where the variant has a calibration, else measured; the base
+    model is a dashed line."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -108,10 +128,15 @@ def plot(summary: dict, x: str, path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(12.8, 4))
     for ax, metric in zip(axes, ("score", "pass_rate")):
         for i, (v, r) in enumerate(summary["variants"].items()):
+            cal = (r.get("calibration") or {}).get("s_per_iteration")
+
+            def at_x(p):  # p: {"iteration", "seconds", "nfe"}
+                return p["iteration"] * cal if x == "wallclock" and cal else p[key]
+
             curves = [c for c in r["curves"].values() if c]
             n = min((len(c) for c in curves), default=0)
             if n and all(p[metric] is not None for c in curves for p in c[:n]):
-                xs = np.mean([[p[key] for p in c[:n]] for c in curves], axis=0) / scale
+                xs = np.mean([[at_x(p) for p in c[:n]] for c in curves], axis=0) / scale
                 ax.plot(xs, np.mean([[p[metric] for p in c[:n]] for c in curves], axis=0), "-", color=f"C{i}",
                         marker="o", ms=3)
             m, h = r["measured"], r.get("half")
@@ -123,11 +148,13 @@ def plot(summary: dict, x: str, path: Path) -> None:
             for ev, at in points:
                 if ev:
                     f = ev[metric]
-                    ax.errorbar([at[key] / scale], [f["estimate"]], capsize=3, fmt="s", color=f"C{i}",
+                    ax.errorbar([at_x(at) / scale], [f["estimate"]], capsize=3, fmt="s", color=f"C{i}",
                                 yerr=[[f["estimate"] - f["lo"]], [f["hi"] - f["estimate"]]])
             ax.plot([], [], "s-", color=f"C{i}", label=v)
+        if summary.get("base"):
+            ax.axhline(summary["base"][metric]["estimate"], color="grey", ls="--", lw=1, label="base model")
         ax.set_xlabel({"iterations": "iteration", "nfe": "model evaluations in training (millions)",
-                       "wallclock": "training wall-clock (minutes)"}[x])
+                       "wallclock": "training wall-clock (minutes; calibrated: iterations x s/it alone)"}[x])
         ax.set_ylabel(f"held-out {'dense score' if metric == 'score' else 'pass rate'}")
         ax.set_title("lines: in-run evaluations; squares: paired evaluations (end, half budget)", fontsize=9)
         ax.grid(alpha=0.3)

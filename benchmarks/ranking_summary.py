@@ -92,11 +92,13 @@ def summarise(out: Path, variants: list[str], overrides: dict[str, list[str]], n
 
 
 def write_summary(out: Path, variants: list[str], overrides: dict[str, list[str]], n_boot: int = 4000) -> dict:
-    """results.md, summary.json and the three ranking_vs_*.png plots in ``out``."""
+    """results.md, results-short.md (the README's table), summary.json and the three
+    ranking_vs_*.png plots in ``out``."""
     summary = summarise(out, variants, overrides, n_boot)
     if not summary["variants"]:
         raise SystemExit(f"no finished runs under {out}")
     (out / "results.md").write_text(rr.markdown(summary, REFERENCE))
+    (out / "results-short.md").write_text(rr.short_table(summary, REFERENCE))
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     for x in ("iterations", "nfe", "wallclock"):
         rr.plot(summary, x, out / f"ranking_vs_{x}.png")

@@ -378,6 +378,11 @@ def test_summarise_only_writes_the_expected_numbers(rk, tmp_path):
     assert w["measured"]["seconds"] == 12.0 and w["iterations"] is None
     for x in ("iterations", "nfe", "wallclock"):
         assert (tmp_path / f"ranking_vs_{x}.png").stat().st_size > 0
+    short = (tmp_path / "results-short.md").read_text().splitlines()  # the README's table
+    assert short[2] == ("| weighting-only | 2 | 3 | 100 | 1.000 [1.000, 1.000] | 1.000 [1.000, 1.000] | "
+                        "+1.000 [+1.000, +1.000] | +1.000 [+1.000, +1.000] | +1.000 [+1.000, +1.000] | "
+                        "1.33 (2/2 seeds) |")
+    assert short[3].startswith("| flowgrpo | 2 |") and short[3].endswith("| – | – | – | 1.00 (2/2 seeds) |")
     assert not math.isnan(summary["variants"]["flowgrpo"]["final"]["score"]["estimate"])
     assert w["time_to_reference"]["clock"] == "measured"  # no calibration: the runs' own time/iteration
     # with a calibration both clocks are iterations x calibrated s/it, whatever the load was:
