@@ -36,8 +36,8 @@ a later ranking with the same ``--archive`` in a fresh checkout starts from them
 
 Summary (benchmarks/ranking_summary.py) and statistics (benchmarks/ranking_stats.py): a
 variant's final pass rate and dense score are means over seeds with a 95% bootstrap interval
-resampling seeds and prompts within category; its difference to flowgrpo pairs seed k with seed k and image with image, with the same bootstrap.
-The table is sorted by the dense-score difference (the less noisy metric); "beats flowgrpo"
+resampling seeds and prompts within category; its difference to flowgrpo pairs seed k with
+seed k and image with image, with the same bootstrap. The table is sorted by the dense-score difference (the less noisy metric); "beats flowgrpo"
 says yes only when that interval lies above zero. The intervals are per comparison, not
 corrected for comparing eight variants with one reference.
 

@@ -28,6 +28,11 @@ def gain(row: dict) -> float:
     return d["estimate"] if d else float("-inf")
 
 
+def per_iteration(r: dict, key: str) -> float:
+    """s_per_iteration or nfe_per_iteration: the calibration's, else the runs' own mean."""
+    return (r["calibration"] or r["measured"])[key]
+
+
 def markdown(summary: dict, ref: str = "flowgrpo") -> str:
     plan, res = summary["plan"], summary["variants"]
     n = plan.get("final_eval", "N")
@@ -46,9 +51,8 @@ def markdown(summary: dict, ref: str = "flowgrpo") -> str:
              f"Δ dense vs {ref} | Δ pass vs {ref} | beats {ref} | time to {ref}'s final "
              "dense score |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for v, r in sorted(res.items(), key=lambda kv: (-gain(kv[1]), kv[0])):
-        c, m, fin, d = r["calibration"], r["measured"], r.get("final", {}), r.get("vs_reference") or {}
-        s_it = c["s_per_iteration"] if c else m["s_per_iteration"]
-        nfe = c["nfe_per_iteration"] if c else m["nfe_per_iteration"]
+        m, fin, d = r["measured"], r.get("final", {}), r.get("vs_reference") or {}
+        s_it, nfe = per_iteration(r, "s_per_iteration"), per_iteration(r, "nfe_per_iteration")
         over = " ".join(f"`{o}`" for o in r["overrides"]) or "(the preset)"
         lines.append(f"| {v} | {over} | {r['iterations'] or round(m['iterations'])} | {s_it:.2f} | {nfe:.0f} | "
                      f"{m['seconds'] / 60:.1f} | {interval(fin.get('pass_rate'))} | {interval(fin.get('score'))} | "
@@ -101,8 +105,8 @@ def short_table(summary: dict, ref: str = "flowgrpo") -> str:
              f"Δ pass vs {ref} | at half the budget: Δ dense vs {ref}'s end | time to {ref}'s final dense score |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for v, r in sorted(res.items(), key=lambda kv: (-gain(kv[1]), kv[0])):
-        c, m, fin, d = r["calibration"], r["measured"], r.get("final", {}), r.get("vs_reference") or {}
-        nfe = c["nfe_per_iteration"] if c else m["nfe_per_iteration"]
+        m, fin, d = r["measured"], r.get("final", {}), r.get("vs_reference") or {}
+        nfe = per_iteration(r, "nfe_per_iteration")
         half = (r.get("half") or {}).get("vs_reference_end") or {}
         lines.append(f"| {v} | {len(r['seeds'])} | {r['iterations'] or round(m['iterations'])} | {nfe:.0f} | "
                      f"{interval(fin.get('pass_rate'))} | {interval(fin.get('score'))} | "
