@@ -288,6 +288,23 @@ def test_sigkill_at_random_moments_then_resume_matches(reference):
 
 
 @pytest.mark.slow
+def test_killed_between_the_last_checkpoint_and_its_lora_export(reference):
+    """SIGKILL once the final checkpoint is complete but before lora/ is rewritten: lora/ holds
+    the previous save's weights, and a resume (with nothing left to train) brings it up to date."""
+    root, model, _ = reference
+    name = "fault-saved"
+    cfg_file = write_config(root, run_config(root, model, name), name)
+    rc, _ = finish(cli(["--config", str(cfg_file)], TEMPFLOW_FAULT_CHECKPOINT=f"saved:{ITERATIONS}"))
+    assert rc == -signal.SIGKILL
+    assert [i for i, _ in ck.list_checkpoints(root / name / "checkpoints")] == [ITERATIONS, ITERATIONS - 2]
+    lora_file = Path("lora") / "pytorch_lora_weights.safetensors"
+    assert (root / name / lora_file).read_bytes() != (root / "reference" / lora_file).read_bytes()
+    rc, err = finish(cli(["--resume", str(root / name)]))
+    assert rc == 0, err
+    assert_same_run(root / "reference", root / name)
+
+
+@pytest.mark.slow
 def test_sigterm_saves_and_exits_then_resume_matches(reference):
     root, model, _ = reference
     cfg_file = write_config(root, run_config(root, model, "term"), "term")

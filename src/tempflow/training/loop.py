@@ -125,7 +125,6 @@ def save(trainer: Trainer, run: RunDir, dist: Dist, done: int, streak: int):
         sd = {"ema_steps": trainer.ema.steps, "reward_failure_streak": trainer.failures.streak}
     else:
         sd = trainer.state_dict()
-    lora = sharded.full_trainable(trainer) if trainer.engine.sharded and cfg.model.lora is not None else None
     path = None
     if dist.is_main:
         tensors = None if written is not None else {**{f"params.{k}": v for k, v in sd["params"].items()},
@@ -136,12 +135,21 @@ def save(trainer: Trainer, run: RunDir, dist: Dist, done: int, streak: int):
         meta = {"metrics_bytes": run.metrics_bytes(), "world": dist.world, "engine": trainer.engine.name,
                 **config_record(cfg)}
         path = ckpt_io.save_checkpoint(root, done, tensors, state, meta, cfg.run.keep_checkpoints, written)
+    export(trainer, run, dist)
+    return path
+
+
+def export(trainer: Trainer, run: RunDir, dist: Dist) -> None:
+    """lora/ (or model/ for a full fine-tune) from the current EMA weights; every process takes
+    part (a sharded run gathers its LoRA), the main one writes."""
+    cfg = trainer.cfg
+    lora = sharded.full_trainable(trainer) if trainer.engine.sharded and cfg.model.lora is not None else None
+    if dist.is_main:
         if cfg.model.lora is not None:
             _export_lora(trainer, run, lora)
         elif not trainer.engine.sharded and hasattr(trainer.model, "save_pretrained"):
             _export_model(trainer, run)
     dist.barrier()
-    return path
 
 
 def _replace_folder_files(tmp: Path, final: Path) -> None:
@@ -274,6 +282,8 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = False,
         set_aside_later(run.path, found.iteration)
     dist.barrier()
     start, streak, last = restore(trainer, run, dist, found) if resume else (0, 0, None)
+    if resume:  # a run killed between its checkpoint and the export left lora/ one save behind
+        export(trainer, run, dist)
     if not resume:
         run.start(cfg)
     run.stopped = None

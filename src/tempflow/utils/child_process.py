@@ -8,10 +8,13 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 TAG = "RESULT "
+# run_pool may run in several threads at once (benchmarks/ranking.py): one line per write
+_PRINT_LOCK = threading.Lock()
 
 
 def emit_result(result: dict) -> None:
@@ -55,7 +58,9 @@ def run_pool(tasks: list[tuple[str, list[str], Path]], jobs: int) -> list[str]:
             if proc.poll() is not None:
                 running.remove(item)
                 status = "" if proc.returncode == 0 else f" (exit {proc.returncode}, see {log})"
-                print(f"{label}: {time.time() - t0:.0f} s{status}", file=sys.stderr)
+                with _PRINT_LOCK:
+                    sys.stderr.write(f"{label}: {time.time() - t0:.0f} s{status}\n")
+                    sys.stderr.flush()
                 if proc.returncode:
                     failed.append(label)
     return failed
