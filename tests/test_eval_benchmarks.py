@@ -1,6 +1,5 @@
 """The benchmarks under benchmarks/: variant configs, summaries, and tiny smoke runs."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -10,15 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from benchmark_modules import load_benchmark
+
 ROOT = Path(__file__).resolve().parents[1]
 WORKERS = Path(__file__).parent / "workers"  # toy_rewards: a reward that always varies
-
-
-def bench(name):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def run_script(name, *args, timeout=600):
@@ -57,7 +51,7 @@ def test_throughput_smoke_shared_forward_saves_k_fold(tmp_path, tiny_shapes_chec
 # ------------------------------------------------------------------ gpu_sd35
 
 def test_sd35_medium_dims_match_the_public_config():
-    g = bench("gpu_sd35")
+    g = load_benchmark("gpu_sd35")
     c = g.SD35_MEDIUM
     assert c["num_attention_heads"] * c["attention_head_dim"] == c["caption_projection_dim"] == 1536
     assert c["num_layers"] == 24 and len(c["dual_attention_layers"]) == 13

@@ -36,7 +36,6 @@ the rollout's layout; the summary of benchmarks/gpu_check.sh shows the GPU's fig
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -50,6 +49,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from benchmark_modules import load_benchmark
 from tempflow.grpo import group_advantages
 from tempflow.grpo.objective import ObjectiveConfig, branch_transitions, grpo_loss, trajectory_transitions
 from tempflow.models.base import FlowModel
@@ -90,9 +90,7 @@ def sd35_medium_model(dtype: torch.dtype, device: str = "cuda") -> SD3Model:
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
     from tiny_sd3 import _clip_tokenizer, _t5_tokenizer
 
-    spec = importlib.util.spec_from_file_location("gpu_sd35", ROOT / "benchmarks" / "gpu_sd35.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("gpu_sd35", "gpu_sd35")
     torch.manual_seed(0)
     with torch.device(device):  # initialised in place: no 9 GB float32 copy on the host
         transformer = SD3Transformer2DModel(**bench.SD35_MEDIUM)

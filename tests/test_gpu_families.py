@@ -5,7 +5,6 @@ parameter counts. Nothing here runs on a GPU."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -16,6 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmark_modules import load_benchmark
+
 ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = ("sd35", "flux", "qwenimage", "zimage", "flux2")
 SMALL = ["--tiny", "--device", "cpu", "--seeds", "2", "--branches", "2", "--group", "4", "--steps", "4",
@@ -25,10 +26,7 @@ FIGURES = ("iteration_s", "sample_s", "decode_s", "train_s", "nfe", "expected_nf
 
 
 def bench():
-    spec = importlib.util.spec_from_file_location("gpu_sd35", ROOT / "benchmarks" / "gpu_sd35.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("gpu_sd35", "gpu_sd35")
 
 
 def check(r: dict, algo: str, model: str, cfg: float) -> None:
