@@ -24,3 +24,19 @@ def tiny_shapes_checkpoint(tmp_path):
     path = tmp_path / "tiny-shapes"
     ShapesModel(cfg).save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def rk():
+    """benchmarks/ranking.py, loaded as a module (the ranking tests)."""
+    from benchmark_modules import load_benchmark
+
+    return load_benchmark("ranking")
+
+
+@pytest.fixture(scope="module")
+def st(rk):
+    """benchmarks/ranking_stats.py, importable once ranking.py has put benchmarks/ on sys.path."""
+    import ranking_stats
+
+    return ranking_stats

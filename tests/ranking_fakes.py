@@ -1,14 +1,6 @@
-"""Fake ranking runs for the ranking tests: metrics.jsonl and eval.json files, and the statistics module."""
+"""Fake ranking runs for the ranking tests: metrics.jsonl and eval.json files."""
 
 import json
-
-
-def stats_module():
-    """benchmarks/ranking_stats.py (importable once benchmarks/ranking.py has been loaded, which
-    puts benchmarks/ on sys.path)."""
-    import ranking_stats
-
-    return ranking_stats
 
 
 def write_metrics(path, secs, nfe=100, evals=()):

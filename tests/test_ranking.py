@@ -8,21 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from benchmark_modules import load_benchmark
-from ranking_fakes import fake_eval, stats_module, write_metrics
+from ranking_fakes import fake_eval, write_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESET = "configs/shapes-tempflow.yaml"
-
-
-@pytest.fixture(scope="module")
-def rk():
-    return load_benchmark("ranking")
-
-
-@pytest.fixture(scope="module")
-def st(rk):
-    return stats_module()
 
 
 # ------------------------------------------------------------------ variants

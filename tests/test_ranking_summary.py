@@ -6,19 +6,7 @@ import math
 
 import pytest
 
-from benchmark_modules import load_benchmark
-from ranking_fakes import fake_eval, stats_module, write_metrics
-
-
-@pytest.fixture(scope="module")
-def rk():
-    return load_benchmark("ranking")
-
-
-@pytest.fixture(scope="module")
-def st(rk):
-    return stats_module()
-
+from ranking_fakes import fake_eval, write_metrics
 
 # ------------------------------------------------------------------ statistics
 
