@@ -63,6 +63,17 @@ def test_shapes_flowgrpo_preset_changes_only_the_algorithm():
     assert (b.algorithm.beta, b.algorithm.kl_std, b.algorithm.group_size) == (0.1, "g", 8)
 
 
+@pytest.mark.parametrize("path", [p for p in PRESETS if load_config(p, []).algorithm.scheme == "branching"
+                                  and load_config(p, []).algorithm.branch_points == "all"], ids=lambda p: p.name)
+def test_model_presets_take_the_ranked_layout_as_an_option(path):
+    """The real-model presets keep the paper's layout and name the override to 3 random branch
+    points (the shapes ranking's leader) in their comment; the override validates on each."""
+    assert "--set algorithm.branch_points=3" in path.read_text()
+    cfg = load_config(path, ["algorithm.branch_points=3"])
+    assert diff_configs(load_config(path, []), cfg) == ["algorithm.branch_points"]
+    assert cfg.algorithm.branch_points == 3 and cfg.algorithm.branch_policy == "uniform"
+
+
 def test_sd35m_presets_follow_the_paper():
     cfg = load_config(ROOT / "configs/sd35m-geneval-tempflow.yaml", [])
     assert cfg.model.name == "stabilityai/stable-diffusion-3.5-medium"
