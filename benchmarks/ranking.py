@@ -29,7 +29,7 @@ overrides of VARIANTS, printed in results.md. Three phases, each reusing finishe
    VARIANT ...`` evaluates those of the variants named the same way, which is the direct test of
    "reaches the reference's final score in at most half its wall-clock".
 
-A ranking longer than one working session: ``--archive DIR`` keeps every finished run's results
+A ranking run in parts: ``--archive DIR`` keeps every finished run's results
 (config, timings, evaluations; no weights, about 0.25 MB a run) in DIR, which can be committed, and
 a later ranking with the same ``--archive`` in a fresh checkout starts from them
 (benchmarks/ranking_archive.py).

@@ -1,5 +1,5 @@
-"""A ranking's results, small enough to commit, so that a ranking longer than one working
-session can go on in a fresh checkout (``ranking.py --archive DIR``).
+"""A ranking's results, small enough to commit, so that a ranking run in parts can go on in
+a fresh checkout (``ranking.py --archive DIR``).
 
 The archive mirrors ``--out`` with only what the summary reads:
 
