@@ -29,17 +29,17 @@ overrides of VARIANTS, printed in results.md. Three phases, each reusing finishe
    VARIANT ...`` evaluates those of the variants named the same way, which is the direct test of
    "reaches the reference's final score in at most half its wall-clock".
 
-A ranking run in parts: ``--archive DIR`` keeps every finished run's results
-(config, timings, evaluations; no weights, about 0.25 MB a run) in DIR, which can be committed, and
-a later ranking with the same ``--archive`` in a fresh checkout starts from them
-(benchmarks/ranking_archive.py).
+A ranking run in parts: ``--archive DIR`` keeps every finished run's results (config, timings,
+evaluations; no weights, about 0.25 MB a run) in DIR, which can be committed, and a later ranking
+with the same ``--archive`` in a fresh checkout starts from them (benchmarks/ranking_archive.py).
 
 Summary (benchmarks/ranking_summary.py) and statistics (benchmarks/ranking_stats.py): a
 variant's final pass rate and dense score are means over seeds with a 95% bootstrap interval
 resampling seeds and prompts within category; its difference to flowgrpo pairs seed k with
-seed k and image with image, with the same bootstrap. The table is sorted by the dense-score difference (the less noisy metric); "beats flowgrpo"
-says yes only when that interval lies above zero. The intervals are per comparison, not
-corrected for comparing eight variants with one reference.
+seed k and image with image, with the same bootstrap. The table is sorted by the dense-score
+difference (the less noisy metric); "beats flowgrpo" says yes only when that interval lies above
+zero. The intervals are per comparison, not corrected for comparing eight variants with one
+reference.
 
 Time to flowgrpo's level, the primary figure: for seed k, the target is flowgrpo seed k's final
 held-out dense score, and the time is the training wall-clock at which the variant's seed k

@@ -63,8 +63,8 @@ def test_shapes_flowgrpo_preset_changes_only_the_algorithm():
     assert (b.algorithm.beta, b.algorithm.kl_std, b.algorithm.group_size) == (0.1, "g", 8)
 
 
-@pytest.mark.parametrize("path", [p for p in PRESETS if load_config(p, []).algorithm.scheme == "branching"
-                                  and load_config(p, []).algorithm.branch_points == "all"], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [p for p, a in ((p, load_config(p, []).algorithm) for p in PRESETS)
+                                  if a.scheme == "branching" and a.branch_points == "all"], ids=lambda p: p.name)
 def test_model_presets_take_the_ranked_layout_as_an_option(path):
     """The real-model presets keep the paper's layout and name the override to 3 random branch
     points (the shapes ranking's leader) in their comment; the override validates on each."""

@@ -25,10 +25,6 @@ FIGURES = ("iteration_s", "sample_s", "decode_s", "train_s", "nfe", "expected_nf
            "train_tflops", "tflop_per_s", "params_m")
 
 
-def bench():
-    return load_benchmark("gpu_sd35", "gpu_sd35")
-
-
 def check(r: dict, algo: str, model: str, cfg: float) -> None:
     assert r["algorithm"] == algo and r["model"] == model
     assert all(k in r and math.isfinite(r[k]) for k in FIGURES), r
@@ -45,7 +41,7 @@ def check(r: dict, algo: str, model: str, cfg: float) -> None:
 @pytest.mark.parametrize("model", FAMILIES)
 def test_tiny_iteration_counts(model):
     """In-process: one warm-up + one measured iteration of each algorithm at tiny size."""
-    b = bench()
+    b = load_benchmark("gpu_sd35", "gpu_sd35")
     a = b.parse([*SMALL, "--model", model])
     assert a.cfg == {"sd35": 4.5, "qwenimage": 4.0}.get(model, 1.0)
     threads = torch.get_num_threads()
@@ -81,7 +77,7 @@ def test_full_size_configs_public_parameter_counts():
     with the published sizes: FLUX.1-dev 11.9B, Qwen-Image 20.4B, Z-Image 6.15B, FLUX.2 klein ~4B."""
     import diffusers
 
-    b = bench()
+    b = load_benchmark("gpu_sd35", "gpu_sd35")
     from gpu_families import SPECS
 
     billions = {"flux": 11.9, "qwenimage": 20.4, "zimage": 6.15, "flux2": 3.9}
