@@ -38,8 +38,9 @@ variant's final pass rate and dense score are means over seeds with a 95% bootst
 resampling seeds and prompts within category; its difference to flowgrpo pairs seed k with
 seed k and image with image, with the same bootstrap. The table is sorted by the dense-score
 difference (the less noisy metric); "beats flowgrpo" says yes only when that interval lies above
-zero. The intervals are per comparison, not corrected for comparing eight variants with one
-reference.
+zero. The intervals are per comparison; next to them, each difference's bootstrap p-value is
+Holm-adjusted over the variants compared with flowgrpo (and the target test, end and half budget
+together, over the variants that have both), and every pair of variants is compared directly.
 
 Time to flowgrpo's level, the primary figure: for seed k, the target is flowgrpo seed k's final
 held-out dense score, and the time is the training wall-clock at which the variant's seed k

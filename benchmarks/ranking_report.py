@@ -23,6 +23,10 @@ def reach_text(t: dict | None) -> str:
     return f"by the end {tally}" if t["source"] == "final evaluation" else f"{t['median']:.2f} {tally}"
 
 
+def p_text(p: float | None) -> str:
+    return "–" if p is None else f"{p:.3f}" if p >= 0.001 else "<0.001"
+
+
 def gain(row: dict) -> float:
     d = (row.get("vs_reference") or {}).get("score")
     return d["estimate"] if d else float("-inf")
@@ -48,8 +52,8 @@ def markdown(summary: dict, ref: str = "flowgrpo") -> str:
              "Intervals are 95% bootstrap intervals over seeds and prompts within category; Δ pairs each seed "
              f"with {ref}'s same seed. Sorted by Δ dense score.", "",
              f"| variant | overrides | iterations | s/it | model evals/it | train min | pass rate | dense score | "
-             f"Δ dense vs {ref} | Δ pass vs {ref} | beats {ref} | time to {ref}'s final "
-             "dense score |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+             f"Δ dense vs {ref} | Δ pass vs {ref} | beats {ref} | Holm p | time to {ref}'s final "
+             "dense score |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|"]
     for v, r in sorted(res.items(), key=lambda kv: (-gain(kv[1]), kv[0])):
         m, fin, d = r["measured"], r.get("final", {}), r.get("vs_reference") or {}
         s_it, nfe = per_iteration(r, "s_per_iteration"), per_iteration(r, "nfe_per_iteration")
@@ -58,6 +62,7 @@ def markdown(summary: dict, ref: str = "flowgrpo") -> str:
                      f"{m['seconds'] / 60:.1f} | {interval(fin.get('pass_rate'))} | {interval(fin.get('score'))} | "
                      f"{interval(d.get('score'), True)} | {interval(d.get('pass_rate'), True)} | "
                      f"{st.verdict(d.get('score')) if v != ref else '–'} | "
+                     f"{p_text((d.get('score') or {}).get('p_holm'))} | "
                      f"{reach_text(r.get('time_to_reference'))} |")
     if summary["base"]:
         b = summary["base"]
@@ -67,7 +72,9 @@ def markdown(summary: dict, ref: str = "flowgrpo") -> str:
               "mean when none); *train min*: measured training wall-clock per run, mean over seeds (evaluations "
               "excluded; runs sharing the machine are slower than calibrated); *pass rate*, *dense score*: final "
               "held-out means over seeds; *Δ*: paired difference to the reference; *beats*: yes only when the Δ "
-              f"dense interval lies above zero; *time to {ref}'s final dense score*: median over seeds of "
+              f"dense interval lies above zero (per comparison); *Holm p*: the two-sided bootstrap p-value of "
+              f"that difference, Holm-adjusted over the variants compared with {ref} (below 0.05: the gain "
+              f"holds with a family-wise error rate of 5%); *time to {ref}'s final dense score*: median over seeds of "
               f"the fraction of {ref}'s training wall-clock (calibrated: iterations x calibrated s/it, on "
               f"both sides, when there is a calibration) at which the seed first scored {ref}'s "
               "final dense score (in-run evaluations; or, with --half-evals, its checkpoint at half the budget and its "
@@ -78,13 +85,28 @@ def markdown(summary: dict, ref: str = "flowgrpo") -> str:
                   f"as the final ones; Δ pairs it with {ref}'s same seed at the end of {ref}'s full budget; "
                   f"*reaches* says yes only when that Δ dense interval lies above zero):", "",
                   f"| variant | seeds | iteration | train min | pass rate | dense score | Δ dense vs {ref}'s end | "
-                  f"Δ pass vs {ref}'s end | reaches {ref}'s end in half the budget |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+                  f"Δ pass vs {ref}'s end | reaches {ref}'s end in half the budget | target p (Holm) | "
+                  "meets the target (Holm) |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---|"]
         for v, h in halves.items():
-            d = h.get("vs_reference_end") or {}
+            d, t = h.get("vs_reference_end") or {}, res[v].get("target")
             lines.append(f"| {v} | {len(h['seeds'])} | {h['iteration']:g} | {h['seconds'] / 60:.1f} | "
                          f"{interval(h['pass_rate'])} | {interval(h['score'])} | {interval(d.get('score'), True)} | "
-                         f"{interval(d.get('pass_rate'), True)} | {st.verdict(d.get('score'))} |")
+                         f"{interval(d.get('pass_rate'), True)} | {st.verdict(d.get('score'))} | "
+                         f"{p_text(t and t['p_holm'])} | {('yes' if t['met_holm'] else 'no') if t else '–'} |")
+        fam = next((r["target"]["family"] for r in res.values() if r.get("target")), 0)
+        lines += ["", f"*Target p (Holm)*: the target holds for a variant when its end and its half-budget dense "
+                  f"differences are both above zero; its p-value is the larger of the two tests' p-values, "
+                  f"Holm-adjusted over the {fam} variants that have both. *Meets the target (Holm)*: both "
+                  "differences positive and that adjusted p below 0.05."]
+    if summary.get("pairwise"):
+        lines += ["", "Pairwise at the end (the variant with the higher gain first; each pair on the seeds both "
+                  "have, image against image; *Holm p* adjusted over all pairs):", "",
+                  "| variant | against | seeds | Δ dense | Δ pass | p | Holm p |",
+                  "|---|---|---:|---:|---:|---:|---:|"]
+        lines += [f"| {q['a']} | {q['b']} | {q['score']['seeds']} | {interval(q['score'], True)} | "
+                  f"{interval(q['pass_rate'], True)} | {p_text(q['score']['p'])} | {p_text(q['score']['p_holm'])} |"
+                  for q in summary["pairwise"]]
     cal = {v: r["calibration"] for v, r in res.items() if r["calibration"]}
     if cal:
         lines += ["", "Calibration (each variant alone, one process at a time):", "",

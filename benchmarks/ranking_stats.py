@@ -11,6 +11,11 @@ that resamples both sources of variation that a ranking has:
 
 A difference whose rows are all equal (identical evaluations, or all-pass against all-fail)
 has a degenerate interval: every resample gives the same number.
+
+A ranking makes several comparisons with one reference, so a per-comparison interval above zero
+overstates the evidence. Each difference also carries a two-sided bootstrap p-value of "no
+difference" (``p``), and ``holm`` adjusts a family of them (Holm 1979, step-down): a comparison
+whose adjusted p is below 0.05 holds with a family-wise error rate of 5%.
 """
 
 from __future__ import annotations
@@ -46,10 +51,13 @@ def seed_matrix(evals: list[dict], metric: str) -> dict[str, np.ndarray]:
     return out
 
 
-def cluster_bootstrap(mats: dict[str, np.ndarray], n_boot: int = 4000, seed: int = 0) -> dict:
+def cluster_bootstrap(mats: dict[str, np.ndarray], n_boot: int = 4000, seed: int = 0,
+                      p_value: bool = False) -> dict:
     """Mean over categories of the [seeds, prompts] means, and its 95% bootstrap interval:
     seeds resampled with replacement (the same draw for every category), prompts resampled
-    within each category. Returns {estimate, lo, hi, seeds, prompts}."""
+    within each category. Returns {estimate, lo, hi, seeds, prompts}, and with ``p_value`` also
+    p = min(1, 2 (1 + min(#{boot <= 0}, #{boot >= 0})) / (n_boot + 1)), the two-sided bootstrap
+    p-value of a zero mean (below 0.05 about when the 95% interval excludes zero)."""
     if not mats:
         raise ValueError("no category has a prompt scored in every evaluation")
     n_seeds = next(iter(mats.values())).shape[0]
@@ -64,8 +72,12 @@ def cluster_bootstrap(mats: dict[str, np.ndarray], n_boot: int = 4000, seed: int
     lo, hi = np.percentile(boot, [2.5, 97.5])
     # float rounding of equal resamples must not put the estimate outside its own interval
     lo, hi = (est, est) if np.ptp(boot) < 1e-12 else (float(lo), float(hi))
-    return {"estimate": est, "lo": lo, "hi": hi, "seeds": n_seeds,
-            "prompts": int(sum(m.shape[1] for m in mats.values()))}
+    out = {"estimate": est, "lo": lo, "hi": hi, "seeds": n_seeds,
+           "prompts": int(sum(m.shape[1] for m in mats.values()))}
+    if p_value:
+        tail = min(int((boot <= 1e-12).sum()), int((boot >= -1e-12).sum()))
+        out["p"] = min(1.0, 2 * (1 + tail) / (n_boot + 1))
+    return out
 
 
 def level(evals: list[dict], metric: str, n_boot: int = 4000) -> dict:
@@ -83,7 +95,24 @@ def paired_difference(variant: dict[int, dict], reference: dict[int, dict], metr
     both = seed_matrix([variant[k] for k in common] + [reference[k] for k in common], metric)
     n = len(common)
     diff = {c: m[:n] - m[n:] for c, m in both.items()}
-    return {**cluster_bootstrap(diff, n_boot), "common_seeds": common}
+    return {**cluster_bootstrap(diff, n_boot, p_value=True), "common_seeds": common}
+
+
+def holm(p: dict) -> dict:
+    """Holm's step-down adjusted p-values of a family of m tests: sorted ascending,
+    p~_(i) = max over j <= i of min(1, (m - j + 1) p_(j)) (i, j from 1)."""
+    out, running = {}, 0.0
+    for j, k in enumerate(sorted(p, key=lambda k: (p[k], k))):
+        running = max(running, min(1.0, (len(p) - j) * p[k]))
+        out[k] = running
+    return out
+
+
+def holm_verdict(diff: dict | None, adjusted_p: float | None, alpha: float = 0.05) -> str:
+    """'yes' only when the gain is positive and its Holm-adjusted p-value is below alpha."""
+    if diff is None or adjusted_p is None:
+        return "–"
+    return "yes" if diff["estimate"] > 0 and adjusted_p < alpha else "no"
 
 
 def verdict(diff: dict | None) -> str:

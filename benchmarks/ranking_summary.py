@@ -84,11 +84,47 @@ def summarise(out: Path, variants: list[str], overrides: dict[str, list[str]], n
                 t = st.time_to_reference(rs, runs[REFERENCE])
             row["time_to_reference"] = t and {**t, "clock": clock}
         res[v] = row
+    adjust_for_multiplicity(res)
     base = read_json(out / FINAL / "eval.json")
     one = next((f for fs in finals.values() for f in fs.values()), base)
     plan = {**plan, "final_eval": one.get("images_per_prompt"), "eval_steps": one.get("steps")} if one else plan
-    return {"plan": plan, "variants": res,
+    return {"plan": plan, "variants": res, "pairwise": pairwise(finals, res, n_boot),
             "base": {m: st.level([base], m, n_boot) for m in st.ROW_KEY} if base else None}
+
+
+def adjust_for_multiplicity(res: dict) -> None:
+    """Holm-adjust, in place, the family of dense-score comparisons with REFERENCE at the end
+    (``vs_reference.score.p_holm``) and the family of target tests (``target``): a variant meets
+    the target when both its end and its half-budget dense differences are above zero, an
+    intersection of two tests whose p-value is the larger of the two; Holm then runs over the
+    variants that have both."""
+    ends = {v: r["vs_reference"]["score"] for v, r in res.items() if v != REFERENCE and r.get("vs_reference")}
+    for v, adj in st.holm({v: d["p"] for v, d in ends.items()}).items():
+        ends[v]["p_holm"] = adj
+    both = {v: (ends[v], r["half"]["vs_reference_end"]["score"]) for v, r in res.items()
+            if v in ends and (r.get("half") or {}).get("vs_reference_end")}
+    p = {v: max(e["p"], h["p"]) for v, (e, h) in both.items()}
+    for v, adj in st.holm(p).items():
+        e, h = both[v]
+        res[v]["target"] = {"p": p[v], "p_holm": adj, "met": st.verdict(e) == st.verdict(h) == "yes",
+                            "met_holm": min(e["estimate"], h["estimate"]) > 0 and adj < 0.05,
+                            "family": len(p)}
+
+
+def pairwise(finals: dict[str, dict[int, dict]], res: dict, n_boot: int) -> list[dict]:
+    """Every pair of non-reference variants, the higher dense-score gain first: their paired
+    final difference (common seeds, image against image) in both metrics, with the dense-score
+    p-values Holm-adjusted over all pairs."""
+    order = [v for v in sorted(res, key=lambda v: (-rr.gain(res[v]), v)) if v != REFERENCE and finals.get(v)]
+    pairs = []
+    for i, a in enumerate(order):
+        for b in order[i + 1:]:
+            d = {m: st.paired_difference(finals[a], finals[b], m, n_boot) for m in st.ROW_KEY}
+            if d["score"] is not None:
+                pairs.append({"a": a, "b": b, **d})
+    for k, adj in st.holm({i: q["score"]["p"] for i, q in enumerate(pairs)}).items():
+        pairs[k]["score"]["p_holm"] = adj
+    return pairs
 
 
 def write_summary(out: Path, variants: list[str], overrides: dict[str, list[str]], n_boot: int = 4000) -> dict:

@@ -47,6 +47,29 @@ def test_level_is_the_geneval_mean_with_an_interval_over_seeds_and_prompts(st):
                                                             "prompts": 3}
 
 
+def test_bootstrap_p_value_of_a_paired_difference(st):
+    n = 500
+    for m in ("pass_rate", "score"):  # every resample above zero: the smallest p the bootstrap gives
+        assert st.paired_difference({0: ALL_PASS}, {0: ALL_FAIL}, m, n)["p"] == pytest.approx(2 / (n + 1))
+        assert st.paired_difference({0: ALL_FAIL}, {0: ALL_PASS}, m, n)["p"] == pytest.approx(2 / (n + 1))
+        assert st.paired_difference({0: ALL_PASS}, {0: ALL_PASS}, m, n)["p"] == 1.0  # no difference at all
+    mixed = fake_eval([(True, 1.0), (False, 0.5), (True, 0.75), (True, 1.0), (False, 0.0), (False, 0.25)])
+    swapped = st.paired_difference({0: mixed, 1: ALL_PASS}, {0: ALL_PASS, 1: mixed}, "score", n)
+    assert 0.2 < swapped["p"] <= 1.0  # a zero mean with spread: nowhere near significant
+    assert "p" not in st.level([mixed], "score", 100)  # levels carry no test
+
+
+def test_holm_adjusts_by_hand_computed_values(st):
+    # sorted: d 0.005, a 0.01, c 0.03, b 0.04 -> 4 x 0.005, 3 x 0.01, 2 x 0.03, max(0.06, 1 x 0.04)
+    adj = st.holm({"a": 0.01, "b": 0.04, "c": 0.03, "d": 0.005})
+    assert adj == pytest.approx({"d": 0.02, "a": 0.03, "c": 0.06, "b": 0.06})
+    assert st.holm({"x": 0.6, "y": 0.7}) == {"x": 1.0, "y": 1.0}  # capped at 1, never decreasing
+    assert st.holm({"only": 0.03}) == {"only": 0.03} and st.holm({}) == {}
+    d = {"estimate": 0.01}
+    assert st.holm_verdict(d, 0.049) == "yes" and st.holm_verdict(d, 0.05) == "no"
+    assert st.holm_verdict({"estimate": -0.01}, 0.001) == "no" and st.holm_verdict(None, 0.01) == "–"
+
+
 def test_time_to_reference(st):
     assert st.first_reaching([(10.0, 0.5), (5.0, 0.7), (20.0, 0.8)], 0.7) == 5.0
     assert st.first_reaching([(1.0, 0.1)], 0.7) is None
@@ -103,15 +126,16 @@ def test_summarise_only_writes_the_expected_numbers(rk, tmp_path):
     rows = [line for line in text.splitlines() if line.startswith("| ")][1:]
     # the half-budget table: weighting-only after 1 of 3 iterations (4 s) already beats flowgrpo's end
     assert ("| weighting-only | 2 | 1 | 0.1 | 1.000 [1.000, 1.000] | 1.000 [1.000, 1.000] | +1.000 [+1.000, +1.000] "
-            "| +1.000 [+1.000, +1.000] | yes |") in rows
+            "| +1.000 [+1.000, +1.000] | yes | 0.010 | yes |") in rows
     assert rows[0].startswith("| weighting-only |") and rows[1].startswith("| flowgrpo |")  # sorted by gain
     # weighting-only passes everything flowgrpo fails, on every seed: +1 exactly; it first scores
     # flowgrpo's last in-run score 0.6 after 2 iterations x 4 s = 8 s, 1.33 x flowgrpo's 3 x 2 s
     assert ("| weighting-only | `algorithm.scheme=flow_grpo` `algorithm.step_weight=tempflow` | 3 | 4.00 | 100 | "
             "0.2 | 1.000 [1.000, 1.000] | 1.000 [1.000, 1.000] | +1.000 [+1.000, +1.000] | +1.000 [+1.000, +1.000] | "
-            "yes | 1.33 (2/2 seeds) |") == rows[0]
+            "yes | 0.010 | 1.33 (2/2 seeds) |") == rows[0]
     assert "| flowgrpo |" in rows[1] and "| 0.000 [0.000, 0.000] | +0.000 [+0.000, +0.000] |" in rows[1]
-    assert rows[1].endswith("| – | 1.00 (2/2 seeds) |")
+    assert rows[1].endswith("| – | – | 1.00 (2/2 seeds) |")
+    assert "Pairwise at the end" not in text  # one variant besides the reference: no pair
     assert "Base model: pass rate 0.000 [0.000, 0.000]" in text
     summary = json.loads((tmp_path / "summary.json").read_text())
     w = summary["variants"]["weighting-only"]
@@ -134,3 +158,30 @@ def test_summarise_only_writes_the_expected_numbers(rk, tmp_path):
     (tmp_path / "calibration.json").write_text(json.dumps(cal))
     t = rk.summarise(tmp_path, ["flowgrpo", "weighting-only"], 200)["variants"]["weighting-only"]["time_to_reference"]
     assert t["clock"] == "calibrated" and t["fractions"] == [pytest.approx(2.0)] * 2
+
+
+def test_summary_adjusts_for_several_variants_and_compares_them_pairwise(rk, tmp_path):
+    mixed = fake_eval([(True, 1.0), (False, 0.5), (True, 0.75), (True, 1.0), (False, 0.0), (False, 0.25)])
+    for k in (0, 1):
+        fake_run(tmp_path / "flowgrpo" / f"seed{k}", [2.0, 2.0], ALL_FAIL)
+        fake_run(tmp_path / "weighting-only" / f"seed{k}", [2.0, 2.0], ALL_PASS)
+        fake_run(tmp_path / "tempflow" / f"seed{k}", [2.0, 2.0], mixed)
+        for v, half in (("weighting-only", ALL_PASS), ("tempflow", ALL_FAIL)):
+            (tmp_path / v / f"seed{k}" / "half-eval").mkdir()
+            (tmp_path / v / f"seed{k}" / "half-eval" / "eval.json").write_text(json.dumps({**half, "checkpoint": 1}))
+    n = 200
+    s = rk.summarise(tmp_path, ["flowgrpo", "weighting-only", "tempflow"], n)
+    w, t = s["variants"]["weighting-only"], s["variants"]["tempflow"]
+    # the end family: weighting-only +1 exactly (p = 2 / (n + 1)), adjusted x 2 as the smaller
+    assert w["vs_reference"]["score"]["p_holm"] == pytest.approx(2 * 2 / (n + 1))
+    assert t["vs_reference"]["score"]["p_holm"] >= w["vs_reference"]["score"]["p_holm"]
+    # the target: tempflow's half-budget checkpoint equals flowgrpo's end (p = 1), so it fails it
+    # while weighting-only meets it; p = the larger of its two tests, adjusted x 2
+    assert t["target"]["p"] == 1.0 and not t["target"]["met"] and not t["target"]["met_holm"]
+    assert w["target"]["met"] and w["target"]["met_holm"] and w["target"]["family"] == 2
+    assert w["target"]["p_holm"] == pytest.approx(2 * 2 / (n + 1))
+    # one pair, the higher gain first: weighting-only (all pass) against tempflow (mixed)
+    (q,) = s["pairwise"]
+    assert (q["a"], q["b"]) == ("weighting-only", "tempflow") and q["score"]["estimate"] > 0
+    assert q["score"]["p_holm"] == q["score"]["p"]  # a family of one
+    assert q["score"]["seeds"] == 2
