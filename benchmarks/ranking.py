@@ -102,6 +102,11 @@ VARIANTS = {
     "single-step": ["algorithm.scheme=single_step", "algorithm.step_weight=flash"],
     "sde-window": ["algorithm.scheme=sde_window", "algorithm.window_size=3", "algorithm.step_weight=flash"],
     "flowgrpo-cps": ["algorithm.scheme=flow_grpo", "algorithm.step_weight=none", "sampling.sde_type=cps"],
+    # the screen of step weights and samplers: each scheme above with its other choice
+    "tempflow-cps": ["sampling.sde_type=cps"],
+    "tempflow-flash": ["algorithm.step_weight=flash"],
+    "single-step-sj": ["algorithm.scheme=single_step", "algorithm.step_weight=tempflow"],
+    "sde-window-sj": ["algorithm.scheme=sde_window", "algorithm.window_size=3", "algorithm.step_weight=tempflow"],
 }
 FINAL, HALF, REFERENCE, read_json = rs.FINAL, rs.HALF, rs.REFERENCE, rs.read_json
 RUN_KEYS = ["run.save_every=0", "run.log_images_every=0"]  # calibration: no intermediate checkpoints or grids

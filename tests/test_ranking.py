@@ -26,6 +26,10 @@ OWN_KEYS = {
     "single-step": ["algorithm.scheme", "algorithm.step_weight"],
     "sde-window": ["algorithm.scheme", "algorithm.step_weight", "algorithm.window_size"],
     "flowgrpo-cps": ["algorithm.scheme", "algorithm.step_weight", "sampling.sde_type"],
+    "tempflow-cps": ["sampling.sde_type"],
+    "tempflow-flash": ["algorithm.step_weight"],
+    "single-step-sj": ["algorithm.scheme"],  # the preset's weights are already TempFlow's
+    "sde-window-sj": ["algorithm.scheme", "algorithm.window_size"],
 }
 
 
