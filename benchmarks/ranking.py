@@ -3,7 +3,7 @@
     python benchmarks/ranking.py [--budget-minutes 10 | --iterations N] [--seeds 5] [--jobs 2]
         [--final-eval 16] [--curve-evals K] [--variants ...] [--set key=value ...] [--out runs/ranking]
         [--archive DIR]
-    python benchmarks/ranking.py --summarise-only --out runs/ranking
+    python benchmarks/ranking.py --summarise-only --out runs/ranking [--pairs A:B ...]
 
 Every variant is the preset (``--config``, TempFlow-GRPO on the shapes world) plus only the
 overrides of VARIANTS, printed in results.md. Three phases, each reusing finished work:
@@ -313,9 +313,18 @@ def run_and_evaluate(args, out: Path, plan: dict) -> None:
     run_chains([c for c, _ in chains], args.jobs, after)
 
 
-def summarise(out: Path, variants: list[str], n_boot: int = 4000) -> dict:
+def summarise(out: Path, variants: list[str], n_boot: int = 4000, pairs: list[tuple[str, str]] | None = None) -> dict:
     """summary.json's content: ranking_summary.summarise with this file's VARIANTS."""
-    return rs.summarise(out, variants, VARIANTS, n_boot)
+    return rs.summarise(out, variants, VARIANTS, n_boot, pairs)
+
+
+def parse_pair(text: str) -> tuple[str, str]:
+    """'A:B' -> (A, B), both names of VARIANTS (the --pairs argument)."""
+    a, sep, b = text.partition(":")
+    if not sep or a not in VARIANTS or b not in VARIANTS or a == b:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected VARIANT:VARIANT, two different names of "
+                                         f"{', '.join(VARIANTS)}")
+    return a, b
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -336,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--curve-evals", type=int, default=0, metavar="K", help="in-run evaluations per run (0: none)")
     ap.add_argument("--curve-images", type=int, default=4, help="images per prompt of the in-run evaluations")
     ap.add_argument("--bootstrap", type=int, default=4000, help="bootstrap resamples")
+    ap.add_argument("--pairs", nargs="+", type=parse_pair, default=None, metavar="A:B",
+                    help="the pairwise table's comparisons A - B (default: every pair of non-reference variants)")
     ap.add_argument("--out", default="runs/ranking", help="folder for the runs and the results")
     ap.add_argument("--archive", type=Path, default=None, metavar="DIR",
                     help="keep every finished run's results (no weights) in DIR, small enough to commit, and "
@@ -355,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.archive is not None:
             ra.save_top(out, args.archive)
         run_and_evaluate(args, out, plan)
-    rs.write_summary(out, args.variants, VARIANTS, args.bootstrap)
+    rs.write_summary(out, args.variants, VARIANTS, args.bootstrap, args.pairs)
     print((out / "results.md").read_text())
     print(f"wrote {out}/results.md, results-short.md, summary.json and ranking_vs_{{iterations,nfe,wallclock}}.png")
     return 0

@@ -100,8 +100,8 @@ def markdown(summary: dict, ref: str = "flowgrpo") -> str:
                   f"Holm-adjusted over the {fam} variants that have both. *Meets the target (Holm)*: both "
                   "differences positive and that adjusted p below 0.05."]
     if summary.get("pairwise"):
-        lines += ["", "Pairwise at the end (the variant with the higher gain first; each pair on the seeds both "
-                  "have, image against image; *Holm p* adjusted over all pairs):", "",
+        lines += ["", "Pairwise at the end (variant minus against; each pair on the seeds both have, image "
+                  "against image; *Holm p* adjusted over the pairs of this table):", "",
                   "| variant | against | seeds | Δ dense | Δ pass | p | Holm p |",
                   "|---|---|---:|---:|---:|---:|---:|"]
         lines += [f"| {q['a']} | {q['b']} | {q['score']['seeds']} | {interval(q['score'], True)} | "

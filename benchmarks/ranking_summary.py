@@ -40,9 +40,11 @@ def load_seed(path: Path) -> dict | None:
             "final": final, "half": half}
 
 
-def summarise(out: Path, variants: list[str], overrides: dict[str, list[str]], n_boot: int = 4000) -> dict:
+def summarise(out: Path, variants: list[str], overrides: dict[str, list[str]], n_boot: int = 4000,
+              pairs: list[tuple[str, str]] | None = None) -> dict:
     """summary.json's content: per variant its runs' totals and curves, its final and half-budget
-    levels with intervals, its paired difference to REFERENCE and its time to REFERENCE's level;
+    levels with intervals, its paired difference to REFERENCE and its time to REFERENCE's level,
+    and the pairwise differences (``pairs``, default every pair of non-reference variants);
     ``overrides`` maps each variant to its --set list (shown in results.md)."""
     plan, cal = read_json(out / "plan.json"), read_json(out / "calibration.json")
     runs = {}
@@ -88,7 +90,7 @@ def summarise(out: Path, variants: list[str], overrides: dict[str, list[str]], n
     base = read_json(out / FINAL / "eval.json")
     one = next((f for fs in finals.values() for f in fs.values()), base)
     plan = {**plan, "final_eval": one.get("images_per_prompt"), "eval_steps": one.get("steps")} if one else plan
-    return {"plan": plan, "variants": res, "pairwise": pairwise(finals, res, n_boot),
+    return {"plan": plan, "variants": res, "pairwise": pairwise(finals, res, n_boot, pairs),
             "base": {m: st.level([base], m, n_boot) for m in st.ROW_KEY} if base else None}
 
 
@@ -111,26 +113,30 @@ def adjust_for_multiplicity(res: dict) -> None:
                             "family": len(p)}
 
 
-def pairwise(finals: dict[str, dict[int, dict]], res: dict, n_boot: int) -> list[dict]:
-    """Every pair of non-reference variants, the higher dense-score gain first: their paired
-    final difference (common seeds, image against image) in both metrics, with the dense-score
-    p-values Holm-adjusted over all pairs."""
-    order = [v for v in sorted(res, key=lambda v: (-rr.gain(res[v]), v)) if v != REFERENCE and finals.get(v)]
-    pairs = []
-    for i, a in enumerate(order):
-        for b in order[i + 1:]:
+def pairwise(finals: dict[str, dict[int, dict]], res: dict, n_boot: int,
+             pairs: list[tuple[str, str]] | None = None) -> list[dict]:
+    """The paired final difference a - b (common seeds, image against image) in both metrics of
+    each (a, b) in ``pairs`` (default: every pair of non-reference variants, the higher
+    dense-score gain first), with the dense-score p-values Holm-adjusted over the pairs."""
+    if pairs is None:
+        order = [v for v in sorted(res, key=lambda v: (-rr.gain(res[v]), v)) if v != REFERENCE]
+        pairs = [(a, b) for i, a in enumerate(order) for b in order[i + 1:]]
+    out = []
+    for a, b in pairs:
+        if finals.get(a) and finals.get(b):
             d = {m: st.paired_difference(finals[a], finals[b], m, n_boot) for m in st.ROW_KEY}
             if d["score"] is not None:
-                pairs.append({"a": a, "b": b, **d})
-    for k, adj in st.holm({i: q["score"]["p"] for i, q in enumerate(pairs)}).items():
-        pairs[k]["score"]["p_holm"] = adj
-    return pairs
+                out.append({"a": a, "b": b, **d})
+    for k, adj in st.holm({i: q["score"]["p"] for i, q in enumerate(out)}).items():
+        out[k]["score"]["p_holm"] = adj
+    return out
 
 
-def write_summary(out: Path, variants: list[str], overrides: dict[str, list[str]], n_boot: int = 4000) -> dict:
+def write_summary(out: Path, variants: list[str], overrides: dict[str, list[str]], n_boot: int = 4000,
+                  pairs: list[tuple[str, str]] | None = None) -> dict:
     """results.md, results-short.md (the README's table), summary.json and the three
     ranking_vs_*.png plots in ``out``."""
-    summary = summarise(out, variants, overrides, n_boot)
+    summary = summarise(out, variants, overrides, n_boot, pairs)
     if not summary["variants"]:
         raise SystemExit(f"no finished runs under {out}")
     (out / "results.md").write_text(rr.markdown(summary, REFERENCE))

@@ -185,3 +185,16 @@ def test_summary_adjusts_for_several_variants_and_compares_them_pairwise(rk, tmp
     assert (q["a"], q["b"]) == ("weighting-only", "tempflow") and q["score"]["estimate"] > 0
     assert q["score"]["p_holm"] == q["score"]["p"]  # a family of one
     assert q["score"]["seeds"] == 2
+    # --pairs picks the comparisons (and so the Holm family): here the reverse of the default
+    (r,) = rk.summarise(tmp_path, ["flowgrpo", "weighting-only", "tempflow"], n,
+                        pairs=[("tempflow", "weighting-only")])["pairwise"]
+    assert (r["a"], r["b"]) == ("tempflow", "weighting-only")
+    assert r["score"]["estimate"] == pytest.approx(-q["score"]["estimate"])
+
+
+@pytest.mark.parametrize("bad", ["tempflow", "tempflow:tempflow", "tempflow:nope"])
+def test_pairs_must_name_two_different_variants(rk, tmp_path, capsys, bad):
+    with pytest.raises(SystemExit) as e:
+        rk.main(["--summarise-only", "--out", str(tmp_path), "--pairs", bad])
+    assert e.value.code == 2
+    assert f"{bad!r}: expected VARIANT:VARIANT" in capsys.readouterr().err
