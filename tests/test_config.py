@@ -66,8 +66,9 @@ def test_shapes_flowgrpo_preset_changes_only_the_algorithm():
 @pytest.mark.parametrize("path", [p for p, a in ((p, load_config(p, []).algorithm) for p in PRESETS)
                                   if a.scheme == "branching" and a.branch_points == "all"], ids=lambda p: p.name)
 def test_model_presets_take_the_ranked_layout_as_an_option(path):
-    """The real-model presets keep the paper's layout and name the override to 3 random branch
-    points (the shapes ranking's leader) in their comment; the override validates on each."""
+    """The real-model presets keep the paper's layout (the one that met the shapes ranking's
+    target) and name the override to 3 random branch points (the shapes preset's cheaper layout)
+    in their comment; the override validates on each."""
     assert "--set algorithm.branch_points=3" in path.read_text()
     cfg = load_config(path, ["algorithm.branch_points=3"])
     assert diff_configs(load_config(path, []), cfg) == ["algorithm.branch_points"]
