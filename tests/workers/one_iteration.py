@@ -34,4 +34,5 @@ if dist.is_main:
                 "groups": trainer.last_batch["groups"],
                 "params": params, "grads": grads, "engine": trainer.engine.name,
                 "initial": initial, "world": dist.world}, sys.argv[2])
+del trainer  # the wrapped model must not outlive the process group (Dist.close)
 dist.close()

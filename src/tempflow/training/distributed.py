@@ -54,9 +54,16 @@ class Dist:
             self.acc.wait_for_everyone()
 
     def close(self) -> None:
-        """Wait for every process, then leave the process group (a clean exit for gloo)."""
+        """Wait for every process, drop the accelerator's references to the prepared model and
+        optimizer, then leave the process group. Callers drop their own references (the trainer)
+        first: a wrapped model that outlives this holds the process group until interpreter
+        shutdown, where gloo's threads can abort the process at exit."""
         if self.world > 1:
+            import gc
+
             import torch.distributed as td
             self.barrier()
+            self.acc.free_memory()
+            gc.collect()
             if td.is_initialized():
                 td.destroy_process_group()

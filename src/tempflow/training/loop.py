@@ -320,6 +320,7 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = False,
     if dist.is_main:
         run.plot_rewards()
     run.close()
+    del trainer  # before leaving the process group (Dist.close)
     dist.close()
     return run
 
