@@ -32,6 +32,11 @@ def gain(row: dict) -> float:
     return d["estimate"] if d else float("-inf")
 
 
+def by_gain(res: dict) -> list[str]:
+    """The variants of a summary, the largest dense-score gain over the reference first."""
+    return sorted(res, key=lambda v: (-gain(res[v]), v))
+
+
 def per_iteration(r: dict, key: str) -> float:
     """s_per_iteration or nfe_per_iteration: the calibration's, else the runs' own mean."""
     return (r["calibration"] or r["measured"])[key]
@@ -54,7 +59,7 @@ def markdown(summary: dict, ref: str = "flowgrpo") -> str:
              f"| variant | overrides | iterations | s/it | model evals/it | train min | pass rate | dense score | "
              f"Δ dense vs {ref} | Δ pass vs {ref} | beats {ref} | Holm p | time to {ref}'s final "
              "dense score |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|"]
-    for v, r in sorted(res.items(), key=lambda kv: (-gain(kv[1]), kv[0])):
+    for v, r in ((v, res[v]) for v in by_gain(res)):
         m, fin, d = r["measured"], r.get("final", {}), r.get("vs_reference") or {}
         s_it, nfe = per_iteration(r, "s_per_iteration"), per_iteration(r, "nfe_per_iteration")
         over = " ".join(f"`{o}`" for o in r["overrides"]) or "(the preset)"
@@ -126,7 +131,7 @@ def short_table(summary: dict, ref: str = "flowgrpo") -> str:
     lines = [f"| variant | seeds | iterations | model evals/it | pass rate | dense score | Δ dense vs {ref} | "
              f"Δ pass vs {ref} | at half the budget: Δ dense vs {ref}'s end | time to {ref}'s final dense score |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
-    for v, r in sorted(res.items(), key=lambda kv: (-gain(kv[1]), kv[0])):
+    for v, r in ((v, res[v]) for v in by_gain(res)):
         m, fin, d = r["measured"], r.get("final", {}), r.get("vs_reference") or {}
         nfe = per_iteration(r, "nfe_per_iteration")
         half = (r.get("half") or {}).get("vs_reference_end") or {}

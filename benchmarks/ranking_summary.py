@@ -109,7 +109,7 @@ def adjust_for_multiplicity(res: dict) -> None:
     for v, adj in st.holm(p).items():
         e, h = both[v]
         res[v]["target"] = {"p": p[v], "p_holm": adj, "met": st.verdict(e) == st.verdict(h) == "yes",
-                            "met_holm": min(e["estimate"], h["estimate"]) > 0 and adj < 0.05,
+                            "met_holm": st.holm_verdict(e, adj) == st.holm_verdict(h, adj) == "yes",
                             "family": len(p)}
 
 
@@ -119,7 +119,7 @@ def pairwise(finals: dict[str, dict[int, dict]], res: dict, n_boot: int,
     each (a, b) in ``pairs`` (default: every pair of non-reference variants, the higher
     dense-score gain first), with the dense-score p-values Holm-adjusted over the pairs."""
     if pairs is None:
-        order = [v for v in sorted(res, key=lambda v: (-rr.gain(res[v]), v)) if v != REFERENCE]
+        order = [v for v in rr.by_gain(res) if v != REFERENCE]
         pairs = [(a, b) for i, a in enumerate(order) for b in order[i + 1:]]
     out = []
     for a, b in pairs:
