@@ -5,7 +5,8 @@
         [--archive DIR]
     python benchmarks/ranking.py --summarise-only --out runs/ranking [--pairs A:B ...]
 
-Every variant is the preset (``--config``, TempFlow-GRPO on the shapes world) plus only the
+Every variant is the preset (``--config``, by default benchmarks/ranking-preset.yaml: TempFlow-GRPO
+on the shapes world with 3 random branch points, the shipped preset as it was ranked) plus only the
 overrides of VARIANTS, printed in results.md. Three phases, each reusing finished work:
 
 1. Calibration (skipped with ``--iterations N``: equal iterations, said so in the results):
@@ -96,7 +97,7 @@ VARIANTS = {
     # 2 seeds x 4 branches = group_size 8 at all 9 steps: Flow-GRPO's transitions per prompt
     "tempflow-paper": ["algorithm.scheme=branching", "algorithm.branch_points=all",
                        "algorithm.step_weight=tempflow"],
-    "tempflow": [],  # the preset: 3 random branch points
+    "tempflow": [],  # the ranking preset: 3 random branch points
     "tempflow-adaptive": ["algorithm.branch_policy=adaptive"],
     "tempflow-early": ["algorithm.branch_policy=early"],
     "single-step": ["algorithm.scheme=single_step", "algorithm.step_weight=flash"],
@@ -109,6 +110,7 @@ VARIANTS = {
     "sde-window-sj": ["algorithm.scheme=sde_window", "algorithm.window_size=3", "algorithm.step_weight=tempflow"],
 }
 FINAL, HALF, REFERENCE, read_json = rs.FINAL, rs.HALF, rs.REFERENCE, rs.read_json
+PRESET = "benchmarks/ranking-preset.yaml"  # the shapes preset as ranked (3 random branch points)
 RUN_KEYS = ["run.save_every=0", "run.log_images_every=0"]  # calibration: no intermediate checkpoints or grids
 
 
@@ -329,7 +331,8 @@ def parse_pair(text: str) -> tuple[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--config", default="configs/shapes-tempflow.yaml", help="preset every variant starts from")
+    ap.add_argument("--config", default=PRESET, help="preset every variant starts from (default: the ranking's own, "
+                    "3 random branch points; its header says why)")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--seeds", type=int, default=5, help="training seeds 0..N-1 per variant")
     ap.add_argument("--budget-minutes", type=float, default=10.0, help="training wall-clock per run")

@@ -45,9 +45,9 @@ from tempflow.utils.child_process import emit_result, run_child  # noqa: E402
 # name: (preset, overrides, naive per-branch training)
 VARIANTS = {
     "flowgrpo": ("configs/shapes-flowgrpo.yaml", [], False),
-    "tempflow": ("configs/shapes-tempflow.yaml", [], False),
-    "tempflow-naive": ("configs/shapes-tempflow.yaml", [], True),
-    "tempflow-all": ("configs/shapes-tempflow.yaml", ["algorithm.branch_points=all"], False),
+    "tempflow": ("configs/shapes-tempflow.yaml", ["algorithm.branch_points=3"], False),  # 3 random branch points
+    "tempflow-naive": ("configs/shapes-tempflow.yaml", ["algorithm.branch_points=3"], True),
+    "tempflow-all": ("configs/shapes-tempflow.yaml", ["algorithm.branch_points=all"], False),  # the preset's layout
     "tempflow-all-naive": ("configs/shapes-tempflow.yaml", ["algorithm.branch_points=all"], True),
 }
 

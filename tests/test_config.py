@@ -48,10 +48,11 @@ def test_shapes_lora_preset_is_the_earlier_preset():
     from tempflow.config import diff_configs
 
     lora = load_config(ROOT / "configs/shapes-tempflow-lora.yaml", [])
-    assert diff_configs(TrainConfig(), lora) == ["model.lora", "algorithm.std", "algorithm.beta", "train.iterations",
-                                                 "train.lr", "run.out", "run.eval_every", "run.save_every"]
-    assert lora == load_config(None, ["model.lora.rank=8", "train.lr=1e-3", "algorithm.std=group",
-                                      "algorithm.beta=0.04", "train.iterations=90", "run.eval_every=90",
+    assert diff_configs(TrainConfig(), lora) == ["model.lora", "algorithm.branch_points", "algorithm.std",
+                                                 "algorithm.beta", "train.iterations", "train.lr", "run.out",
+                                                 "run.eval_every", "run.save_every"]
+    assert lora == load_config(None, ["model.lora.rank=8", "algorithm.branch_points=3", "train.lr=1e-3",
+                                      "algorithm.std=group", "algorithm.beta=0.04", "train.iterations=90", "run.eval_every=90",
                                       "run.save_every=30", "run.out=runs/shapes-tempflow-lora"])
 
 
@@ -66,9 +67,9 @@ def test_shapes_flowgrpo_preset_changes_only_the_algorithm():
 @pytest.mark.parametrize("path", [p for p, a in ((p, load_config(p, []).algorithm) for p in PRESETS)
                                   if a.scheme == "branching" and a.branch_points == "all"], ids=lambda p: p.name)
 def test_model_presets_take_the_ranked_layout_as_an_option(path):
-    """The real-model presets keep the paper's layout (the one that met the shapes ranking's
-    target) and name the override to 3 random branch points (the shapes preset's cheaper layout)
-    in their comment; the override validates on each."""
+    """The presets in the paper's layout (the one that met the shapes ranking's target: the shapes
+    preset and the real-model ones) name the override to 3 random branch points, the cheaper layout
+    the ranking found level with it, in their comment; the override validates on each."""
     assert "--set algorithm.branch_points=3" in path.read_text()
     cfg = load_config(path, ["algorithm.branch_points=3"])
     assert diff_configs(load_config(path, []), cfg) == ["algorithm.branch_points"]

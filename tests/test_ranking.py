@@ -11,7 +11,7 @@ import pytest
 from ranking_fakes import fake_eval, write_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
-PRESET = "configs/shapes-tempflow.yaml"
+PRESET = "benchmarks/ranking-preset.yaml"
 
 
 # ------------------------------------------------------------------ variants
@@ -56,6 +56,24 @@ def test_variants_change_only_their_own_keys_and_validate(rk, tmp_path):
     cal = rk.load(PRESET, rk.calibration_sets("sde-window", tmp_path, 3, ["run.eval_every=5"]))
     assert cal.run.eval_every == 0 and cal.train.iterations == 3 and cal.algorithm.window_size == 3
 
+
+
+def test_the_archived_runs_are_the_runs_the_ranking_preset_trains(rk, tmp_path):
+    """Every run kept in benchmarks/results/ranking has exactly the config a ranking started now
+    would give it (only its folder differs), so a later start reuses them instead of retraining,
+    and a change to the ranking preset that would silently alter a ranked scheme fails here."""
+    from tempflow.config import diff_configs
+    from tempflow.training.run_dir import saved_config
+
+    archive = ROOT / "benchmarks/results/ranking"
+    plan = json.loads((archive / "plan.json").read_text())
+    runs = sorted(archive.glob("*/seed*/config.yaml"))
+    assert len(runs) >= 40  # 8 seeds of five variants, 5 of two
+    for path in runs:
+        variant, seed = path.parent.parent.name, int(path.parent.name.removeprefix("seed"))
+        sets = rk.run_sets(variant, seed, tmp_path, plan["iterations"][variant], plan["overrides"],
+                           plan["curve_evals"])
+        assert diff_configs(saved_config(path.parent), rk.load(PRESET, sets)) == ["run.out"], path
 
 # ------------------------------------------------------------------ calibration
 

@@ -44,7 +44,7 @@ class AlgorithmConfig(Section):
     """Branching: initial noises (ODE trunks) per prompt."""
     num_branches: int = 4
     """Branching: SDE branches K per (seed, branch point)."""
-    branch_points: Literal["all"] | list[int] | int = 3
+    branch_points: Literal["all"] | list[int] | int = "all"
     """Branching: 'all' trained steps, a list of steps, or r = r random trained steps per iteration."""
     branch_policy: Literal["uniform", "early", "adaptive"] = "uniform"
     """Branching with r random branch points: how they are drawn: uniform, early (P(j) proportional

@@ -129,7 +129,7 @@ class OptimConfig(Section):
     """The optimisation loop: iterations, batches, AdamW, EMA."""
 
     _prefix: ClassVar[str] = "train."
-    iterations: int = 150
+    iterations: int = 115
     """Iterations (sample, score, train)."""
     prompts_per_iteration: int = 4
     """Prompts sampled per iteration (over all processes)."""
@@ -259,7 +259,7 @@ class RunConfig(Section):
     _prefix: ClassVar[str] = "run."
     out: str = "runs/shapes-tempflow"
     """Run folder (config, logs, checkpoints, images)."""
-    eval_every: int = 150
+    eval_every: int = 115
     """Evaluate every this many iterations; 0 disables."""
     eval_images_per_prompt: int = 16
     """Evaluation images per held-out prompt."""
