@@ -57,8 +57,9 @@ one alone a seed has reached the target "by the end" or not, nothing finer is kn
 over seeds, a seed that never reached counted as later than all others ("not reached" when
 half or more never did), and how many seeds reached it.
 
-Cost on a 2-core CPU (a default TempFlow iteration about 9 s at 2 threads; a 16-image
-evaluation of the 151 held-out prompts about 4.3 min at 2 threads, 2.2 min at 8 images): with
+Cost on a 2-core CPU (an iteration of the ranking preset about 3 s at 2 threads alone, 9.5 s in
+calibration; a 16-image evaluation of the 151 held-out prompts about 4.3 min at 2 threads, 2.2 min
+at 8 images): with
 V variants, S seeds, budget B minutes, J = 2 jobs and N images, roughly V x 1 min of
 calibration + V S B / 2 of training + (V S + 1) x 4.3 min x N / 16 of final evaluation. All 9
 variants x 5 seeds at B = 10, N = 16 take about 9 + 225 + 198 min, 7 h. About 4 h: 5 seeds,

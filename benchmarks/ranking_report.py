@@ -62,7 +62,7 @@ def markdown(summary: dict, ref: str = "flowgrpo") -> str:
     for v, r in ((v, res[v]) for v in by_gain(res)):
         m, fin, d = r["measured"], r.get("final", {}), r.get("vs_reference") or {}
         s_it, nfe = per_iteration(r, "s_per_iteration"), per_iteration(r, "nfe_per_iteration")
-        over = " ".join(f"`{o}`" for o in r["overrides"]) or "(the preset)"
+        over = " ".join(f"`{o}`" for o in r["overrides"]) or "(the ranking preset)"
         lines.append(f"| {v} | {over} | {r['iterations'] or round(m['iterations'])} | {s_it:.2f} | {nfe:.0f} | "
                      f"{m['seconds'] / 60:.1f} | {interval(fin.get('pass_rate'))} | {interval(fin.get('score'))} | "
                      f"{interval(d.get('score'), True)} | {interval(d.get('pass_rate'), True)} | "
