@@ -22,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import ranking_archive as ra  # noqa: E402
 import ranking_stats as st  # noqa: E402
 
 
@@ -33,6 +34,14 @@ def final_evals(folder: Path) -> dict[int, dict]:
     if not out:
         raise SystemExit(f"{folder}: no seed*/final-eval/eval.json; give a ranking variant's folder")
     return out
+
+
+def keep(name: str, folder: Path, archive: Path) -> Path:
+    """Copy folder's seed runs into archive/name as the ranking's archive keeps runs (config,
+    metrics and evaluations cut to what the statistics read; no weights); returns archive/name."""
+    for run in sorted(p.parent.parent for p in folder.glob("seed*/final-eval/eval.json")):
+        ra.save_run(folder, run, archive / name)
+    return archive / name
 
 
 def parse_variant(text: str) -> tuple[str, Path]:
@@ -68,9 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("reference", type=Path, help="the reference variant's folder (seed<k>/final-eval)")
     ap.add_argument("variants", nargs="+", type=parse_variant, help="NAME=FOLDER, the same layout")
     ap.add_argument("--n-boot", type=int, default=4000)
+    ap.add_argument("--archive", type=Path, default=None,
+                    help="first keep each variant's runs in ARCHIVE/NAME (committable, about 0.3 MB a run)")
     args = ap.parse_args(argv)
     ref = final_evals(args.reference)
-    result = rows(ref, {n: final_evals(p) for n, p in args.variants}, args.n_boot)
+    folders = {n: keep(n, p, args.archive) if args.archive else p for n, p in args.variants}
+    result = rows(ref, {n: final_evals(p) for n, p in folders.items()}, args.n_boot)
     print(table(result, args.reference.name))
     return 0
 

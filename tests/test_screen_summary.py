@@ -15,7 +15,10 @@ import screen_summary as ss  # noqa: E402
 def _write(folder, seed, ev):
     path = folder / f"seed{seed}" / "final-eval"
     path.mkdir(parents=True)
-    (path / "eval.json").write_text(json.dumps(ev))
+    rows = [{**r, "image": f"img{i}.png"} for i, r in enumerate(ev["images"])]  # a field the archive drops
+    (path / "eval.json").write_text(json.dumps({**ev, "images": rows}))
+    (path.parent / "config.yaml").write_text("train: {seed: %d}\n" % seed)
+    (path.parent / "metrics.jsonl").write_text(json.dumps({"iteration": 0, "reward/mean": 0.5}) + "\n")
 
 
 def test_a_constant_shift_is_measured_exactly_and_seeds_pair_by_number(tmp_path, capsys):
@@ -28,6 +31,11 @@ def test_a_constant_shift_is_measured_exactly_and_seeds_pair_by_number(tmp_path,
     out = capsys.readouterr().out
     # every image +1 in pass and +0.1 in score: a degenerate interval at exactly those values
     assert "| cps | 1, 2 | +1.000 [+1.000, +1.000] (p = 0.010) | +0.100 [+0.100, +0.100] (p = 0.010) |" in out
+    # --archive keeps the runs (evaluations cut to the rows the statistics read) and reads them back
+    assert ss.main([str(ref), f"cps={var}", "--n-boot", "200", "--archive", str(tmp_path / "kept")]) == 0
+    assert capsys.readouterr().out == out
+    kept = json.loads((tmp_path / "kept/cps/seed5/final-eval/eval.json").read_text())
+    assert set(kept["images"][0]) == {"prompt", "category", "passed", "score"}
     row = ss.rows(ss.final_evals(ref), {"same": ss.final_evals(ref)}, n_boot=200)[0]
     assert row["score"]["estimate"] == 0 and row["score"]["p"] == 1.0 and row["seeds"] == [0, 1, 2]
 
