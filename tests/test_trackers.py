@@ -196,10 +196,12 @@ def wandb_records(path: Path):
             yield rec
 
 
-def wandb_history(run_dir: Path, wait_s: float = 30.0) -> dict[str, dict[int, object]]:
+def wandb_history(run_dir: Path, want: set[str] = frozenset(), wait_s: float = 30.0) -> dict[str, dict[int, object]]:
     """The run's history by key and step. wandb's service process may still be writing the file's
     last records after the run finished (seen on a loaded machine): a file that ends inside a
-    record or does not parse is read again, for up to ``wait_s`` seconds, then the error stands."""
+    record or does not parse, or whose history still lacks a key of ``want`` (the last records,
+    such as the final evaluation's), is read again for up to ``wait_s`` seconds; then the error
+    stands, or the history is returned as it is and the test's comparison fails."""
     import time
 
     from google.protobuf.message import DecodeError
@@ -207,11 +209,13 @@ def wandb_history(run_dir: Path, wait_s: float = 30.0) -> dict[str, dict[int, ob
     deadline = time.monotonic() + wait_s
     while True:
         try:
-            return _wandb_history(run_dir)
+            history = _wandb_history(run_dir)
+            if want <= set(history) or time.monotonic() > deadline:
+                return history
         except (EOFError, DecodeError):
             if time.monotonic() > deadline:
                 raise
-            time.sleep(0.5)
+        time.sleep(0.5)
 
 
 def _wandb_history(run_dir: Path) -> dict[str, dict[int, object]]:
@@ -236,8 +240,9 @@ def test_wandb_offline_gets_metrics_grids_and_table(tiny, tmp_path, monkeypatch)
     train(tiny_config(tiny, out, ["wandb"]))
     assert not (out / "tb").exists()
     [run_dir] = (out / "wandb").glob("offline-run-*")
-    history = wandb_history(run_dir)
-    for key, values in expected_scalars(out).items():
+    expected = expected_scalars(out)
+    history = wandb_history(run_dir, want=set(expected))
+    for key, values in expected.items():
         assert {s: float(v) for s, v in history[key].items()} == pytest.approx(values, rel=1e-6), key
     for kind, want in grid_steps(out).items():
         logged = history[f"grids/{kind}/filenames"]  # wandb.Image lists (one grid each)
