@@ -16,7 +16,6 @@ with 95% intervals and two-sided bootstrap p-values (per comparison, not correct
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -24,22 +23,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import ranking_archive as ra  # noqa: E402
 import ranking_stats as st  # noqa: E402
+import ranking_summary as rs  # noqa: E402
+
+
+def evaluated_runs(folder: Path) -> dict[int, Path]:
+    """{seed: run folder} of folder/seed<k> with a final evaluation; SystemExit naming the folder
+    when there is none."""
+    runs = {int(p.parent.parent.name.removeprefix("seed")): p.parent.parent
+            for p in sorted(folder.glob(f"seed*/{rs.FINAL}/eval.json"))}
+    if not runs:
+        raise SystemExit(f"{folder}: no seed*/{rs.FINAL}/eval.json; give a ranking variant's folder")
+    return runs
 
 
 def final_evals(folder: Path) -> dict[int, dict]:
-    """{seed: eval.json} of folder/seed<k>/final-eval; SystemExit naming the folder when empty."""
-    out = {}
-    for path in sorted(folder.glob("seed*/final-eval/eval.json")):
-        out[int(path.parent.parent.name.removeprefix("seed"))] = json.loads(path.read_text())
-    if not out:
-        raise SystemExit(f"{folder}: no seed*/final-eval/eval.json; give a ranking variant's folder")
-    return out
+    """{seed: eval.json} of folder/seed<k>/final-eval."""
+    return {k: rs.read_json(run / rs.FINAL / "eval.json") for k, run in evaluated_runs(folder).items()}
 
 
 def keep(name: str, folder: Path, archive: Path) -> Path:
     """Copy folder's seed runs into archive/name as the ranking's archive keeps runs (config,
     metrics and evaluations cut to what the statistics read; no weights); returns archive/name."""
-    for run in sorted(p.parent.parent for p in folder.glob("seed*/final-eval/eval.json")):
+    for run in evaluated_runs(folder).values():
         ra.save_run(folder, run, archive / name)
     return archive / name
 
